@@ -1,0 +1,81 @@
+"""asyncstop: cancel stop orders at high throughput, and know which are certainly gone.
+
+::
+
+    async with asyncstop.AsyncStopClient(base_url=..., token=..., account_id=...) as client:
+        report = await client.cancel_stop_orders(order_ids, deadline=5.0)
+        report.pending  # the orders that may still be live
+"""
+
+from __future__ import annotations
+
+from ._bulk import CancelOutcome, CancelReport, CancelResult, OrderItem
+from ._client import AsyncStopClient, Timeout, TokenProvider
+from ._constants import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_TIMEOUT,
+)
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AsyncStopError,
+    AuthenticationError,
+    BadRequestError,
+    InvalidInputError,
+    OrderNotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResponseValidationError,
+    ServerError,
+)
+from ._killswitch import KillSwitch, OrderSource, StopOrderRegistry
+from ._models import OrderStatus, StopOrder
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_MAX_RETRY_AFTER",
+    "DEFAULT_TIMEOUT",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncStopClient",
+    "AsyncStopError",
+    "AuthenticationError",
+    "BadRequestError",
+    "CancelOutcome",
+    "CancelReport",
+    "CancelResult",
+    "InvalidInputError",
+    "KillSwitch",
+    "OrderItem",
+    "OrderNotFoundError",
+    "OrderSource",
+    "OrderStatus",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ResponseValidationError",
+    "ServerError",
+    "StopOrder",
+    "StopOrderRegistry",
+    "Timeout",
+    "TokenProvider",
+    "__version__",
+]
+
+# Tracebacks and reprs name the public path (asyncstop.RateLimitError), not the
+# private module that defines the class.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith("asyncstop._"):
+        _obj.__module__ = __name__
+del _name, _obj

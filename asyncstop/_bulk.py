@@ -1,0 +1,458 @@
+"""The bulk engine: many concurrent cancels, a deadline, and one true result per order.
+
+How it runs: orders are grouped by account into lanes, each a queue of jobs
+served by up to ``concurrency`` worker tasks. One semaphore per call bounds the
+requests in flight across all lanes; it wakes waiters in FIFO order, so busy
+accounts share it fairly, and a lane paused by a 429 holds no slot while it
+waits. Every job ends in exactly one :class:`CancelResult`: workers catch
+their own errors, and whatever the deadline or a caller's cancellation
+interrupts is settled afterwards from the job's state (never sent: ``not_sent``;
+sent: ``unknown``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import deque
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from ._call import Account, CancelCall, DeadlinePassed
+from ._errors import (
+    APIError,
+    APITimeoutError,
+    AsyncStopError,
+    InvalidInputError,
+    OrderNotFoundError,
+    ResponseValidationError,
+)
+from ._logging import logger
+from ._models import StopOrder
+from ._retry import is_retryable
+from ._validation import check_order_id
+
+if TYPE_CHECKING:
+    from aiolimiter import AsyncLimiter
+
+    from ._client import AsyncStopClient
+
+__all__ = ["CancelOutcome", "CancelReport", "CancelResult", "OrderItem"]
+
+#: An order id for the client's account, or an ``(account_id, order_id)`` pair.
+OrderItem = str | tuple[str, str]
+
+
+class CancelOutcome(enum.StrEnum):
+    """What became of one order in a bulk cancel."""
+
+    #: The exchange answered 2xx: the order is cancelled.
+    CANCELLED = "cancelled"
+    #: The exchange answered 404: the order does not exist or is no longer live
+    #: (on the first attempt, or after an attempt with an unknown outcome that
+    #: most likely cancelled it). Counts as success.
+    ALREADY_GONE = "already_gone"
+    #: A definitive refusal that retrying cannot change (400, 403, a 401 that a
+    #: fresh token did not cure, a redirect, an invalid id): the order may be live.
+    FAILED = "failed"
+    #: The last attempt's outcome is unknown (timeout, dropped connection, 5xx)
+    #: or the exchange kept asking to slow down (429), and retries or the
+    #: deadline ran out: the order may be live.
+    UNKNOWN = "unknown"
+    #: The deadline passed before any request for this order was sent: the
+    #: order is certainly still live.
+    NOT_SENT = "not_sent"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_SUCCESS: Final = frozenset({CancelOutcome.CANCELLED, CancelOutcome.ALREADY_GONE})
+
+
+class CancelResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The result of cancelling one order in a bulk call."""
+
+    order_id: str
+    account_id: str
+    outcome: CancelOutcome
+    #: The order as the exchange returned it (``cancelled`` only; None when its
+    #: body could not be decoded, in which case ``error`` says why).
+    order: StopOrder | None = None
+    #: The last error, if any (for ``already_gone``, the 404 with its
+    #: ``after_unknown_attempt``).
+    error: AsyncStopError | None = None
+    #: Requests sent for this order.
+    attempts: int = 0
+    #: Seconds from the first attempt to the result (0 for ``not_sent``).
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the order is certainly no longer live (cancelled or already gone)."""
+        return self.outcome in _SUCCESS
+
+    @property
+    def activated(self) -> bool:
+        """True when the exchange reported the stop as already triggered when it was cancelled."""
+        return self.order is not None and self.order.activated
+
+
+class CancelReport:
+    """The results of one bulk cancel, one per input item, in input order."""
+
+    __slots__ = ("_counts", "elapsed", "results", "source_error")
+
+    def __init__(
+        self,
+        results: list[CancelResult],
+        elapsed: float,
+        source_error: Exception | None = None,
+    ) -> None:
+        #: One result per input item, in input order (duplicates share a result).
+        self.results: Final = results
+        #: Seconds the whole call took.
+        self.elapsed: Final = elapsed
+        #: The exception that ended an iterator or async source early, if one did:
+        #: the results then cover only the orders it gave before failing.
+        self.source_error: Final = source_error
+        counts = dict.fromkeys(CancelOutcome, 0)
+        for result in results:
+            counts[result.outcome] += 1
+        self._counts = counts
+
+    @property
+    def counts(self) -> dict[CancelOutcome, int]:
+        """How many input items ended in each outcome (every outcome is a key)."""
+        return dict(self._counts)
+
+    @property
+    def ok(self) -> bool:
+        """True when every order ended cancelled or already gone (and the source did not fail)."""
+        return self.source_error is None and self._counts[CancelOutcome.CANCELLED] + self._counts[
+            CancelOutcome.ALREADY_GONE
+        ] == len(self.results)
+
+    @property
+    def pending(self) -> list[CancelResult]:
+        """Results whose order may still be live (failed, unknown, not_sent), once per order."""
+        return _unique(r for r in self.results if r.outcome not in _SUCCESS)
+
+    @property
+    def activated(self) -> list[CancelResult]:
+        """Cancelled orders whose stop had already triggered: they may have left a live order."""
+        return _unique(r for r in self.results if r.activated)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{k.value}={v}" for k, v in self._counts.items() if v)
+        return (
+            f"<CancelReport {len(self.results)} orders in {self.elapsed:.3f}s: {counts or 'none'}>"
+        )
+
+
+def _unique(results: Iterable[CancelResult]) -> list[CancelResult]:
+    return list({id(r): r for r in results}.values())
+
+
+class _Job(CancelCall):
+    """One distinct (account, order) of a bulk call, and how many input items name it."""
+
+    __slots__ = ("occurrences", "result", "started_at")
+
+    def __init__(
+        self,
+        account: Account,
+        order_id: str,
+        deadline_at: float | None,
+        semaphore: asyncio.Semaphore,
+        limiter: AsyncLimiter | None,
+    ) -> None:
+        super().__init__(
+            account, order_id, deadline_at=deadline_at, semaphore=semaphore, limiter=limiter
+        )
+        self.occurrences = 1
+        self.result: CancelResult | None = None
+        self.started_at = 0.0
+
+
+class _Lane:
+    """The queued jobs of one account and the workers serving them."""
+
+    __slots__ = ("limiter", "queue", "workers")
+
+    def __init__(self, limiter: AsyncLimiter | None) -> None:
+        self.queue: deque[_Job] = deque()
+        self.workers = 0
+        self.limiter = limiter
+
+
+class _BulkCancel:
+    def __init__(
+        self,
+        client: AsyncStopClient,
+        *,
+        deadline_at: float | None,
+        concurrency: int,
+        rate_limit: float | None,
+        on_result: Callable[[CancelResult], object] | None,
+    ) -> None:
+        self.client = client
+        self.loop = asyncio.get_running_loop()
+        self.deadline_at = deadline_at
+        self.concurrency = concurrency
+        self.rate_limit = rate_limit
+        self.on_result = on_result
+        self.semaphore = asyncio.Semaphore(concurrency)
+        self.jobs: dict[tuple[str, str], _Job] = {}
+        # The job behind each input item, in input order; None for an item
+        # refused as invalid (its result is in `invalid`).
+        self.items: list[_Job | None] = []
+        self.invalid: dict[int, CancelResult] = {}
+        self.lanes: dict[str, _Lane] = {}
+        self.task_group: asyncio.TaskGroup | None = None
+        self.source_error: Exception | None = None
+
+    # -- intake ------------------------------------------------------------------------------
+
+    def add(self, item: object) -> None:
+        """Queue one input item (validated already, or raising InvalidInputError)."""
+        account_id, order_id = self.split(item)
+        key = (account_id, order_id)
+        job = self.jobs.get(key)
+        if job is not None:
+            job.occurrences += 1
+            self.items.append(job)
+            if job.result is not None:
+                self.report(job.result)
+            return
+        account = self.client._account(account_id)
+        lane = self.lanes.get(account_id)
+        if lane is None:
+            limiter = self.client._limiter_for(account_id, self.rate_limit)
+            lane = self.lanes[account_id] = _Lane(limiter)
+        job = _Job(account, order_id, self.deadline_at, self.semaphore, lane.limiter)
+        self.jobs[key] = job
+        self.items.append(job)
+        lane.queue.append(job)
+        if self.task_group is not None and lane.workers < self.concurrency:
+            lane.workers += 1
+            self.task_group.create_task(self.work(lane))
+
+    def split(self, item: object) -> tuple[str, str]:
+        if isinstance(item, str):
+            account_id = self.client.account_id
+            if account_id is None:
+                raise InvalidInputError(
+                    f"order {item!r} has no account: give (account_id, order_id) pairs "
+                    "or set account_id on the client"
+                )
+            return account_id, check_order_id(item)
+        if isinstance(item, tuple) and len(item) == 2:
+            account_id, order_id = item
+            self.client._account(account_id)  # validates the account id
+            return account_id, check_order_id(order_id)
+        raise InvalidInputError(
+            f"each order must be an order id str or an (account_id, order_id) tuple, not {item!r}"
+        )
+
+    def add_invalid(self, item: object, err: InvalidInputError) -> None:
+        """Record an invalid item from a streaming source as failed, with nothing sent."""
+        order_id = item if isinstance(item, str) else repr(item)
+        account_id = ""
+        if isinstance(item, tuple) and len(item) == 2:
+            account_id, order_id = str(item[0]), str(item[1])
+        result = CancelResult(
+            order_id=order_id, account_id=account_id, outcome=CancelOutcome.FAILED, error=err
+        )
+        self.invalid[len(self.items)] = result
+        self.items.append(None)
+        self.report(result)
+
+    async def feed(self, source: AsyncIterable[object]) -> None:
+        try:
+            async for item in source:
+                try:
+                    self.add(item)
+                except InvalidInputError as err:
+                    logger.warning("order source gave an invalid item: %s", err)
+                    self.add_invalid(item, err)
+        except Exception as err:
+            # The orders already taken are still cancelled and reported; the
+            # report carries the failure so that the caller knows it is partial.
+            logger.exception("the order source failed; cancelling the orders it gave")
+            self.source_error = err
+
+    # -- work --------------------------------------------------------------------------------
+
+    async def work(self, lane: _Lane) -> None:
+        queue = lane.queue
+        try:
+            while queue:
+                await self.run_job(queue.popleft())
+        finally:
+            lane.workers -= 1
+
+    async def run_job(self, job: _Job) -> None:
+        job.started_at = self.loop.time()
+        order: StopOrder | None = None
+        error: AsyncStopError | None = None
+        try:
+            order = await self.client._cancel(job)
+            outcome = CancelOutcome.CANCELLED
+        except OrderNotFoundError as err:
+            outcome, error = CancelOutcome.ALREADY_GONE, err
+        except ResponseValidationError as err:
+            # A 2xx: the exchange confirmed the cancel; only its body was unreadable.
+            outcome, error = CancelOutcome.CANCELLED, err
+        except DeadlinePassed:
+            outcome = CancelOutcome.NOT_SENT if job.attempts == 0 else CancelOutcome.UNKNOWN
+            error = job.last_error
+        except APIError as err:
+            outcome = CancelOutcome.UNKNOWN if is_retryable(err) else CancelOutcome.FAILED
+            error = err
+        except InvalidInputError as err:  # e.g. a token provider returned an unusable token
+            outcome, error = CancelOutcome.FAILED, err
+        except Exception as err:
+            # A bug or a failing token provider must not lose the order or
+            # cancel its siblings; report what is known about it.
+            logger.exception("unexpected error cancelling order %s", job.order_id)
+            error = APIError(
+                f"unexpected error: {type(err).__name__}: {err}", order_id=job.order_id
+            )
+            error.__cause__ = err
+            outcome = CancelOutcome.UNKNOWN if job.unknown_seen else CancelOutcome.FAILED
+        self.settle(job, outcome, order, error)
+
+    def settle(
+        self,
+        job: _Job,
+        outcome: CancelOutcome,
+        order: StopOrder | None,
+        error: AsyncStopError | None,
+    ) -> None:
+        if job.result is not None:
+            return
+        result = job.result = CancelResult(
+            order_id=job.order_id,
+            account_id=job.account.account_id,
+            outcome=outcome,
+            order=order,
+            error=error,
+            attempts=job.attempts,
+            elapsed=self.loop.time() - job.started_at if job.attempts else 0.0,
+        )
+        if self.on_result is not None:
+            for _ in range(job.occurrences):
+                self.report(result)
+
+    def report(self, result: CancelResult) -> None:
+        if self.on_result is None:
+            return
+        try:
+            self.on_result(result)
+        except Exception:
+            logger.exception("on_result callback failed for order %s", result.order_id)
+
+    def settle_interrupted(self, reason: str) -> None:
+        """Give every job without a result one: never sent, or sent with unknown outcome."""
+        for job in self.jobs.values():
+            if job.result is not None:
+                continue
+            if job.attempts == 0:
+                self.settle(job, CancelOutcome.NOT_SENT, None, None)
+            else:
+                error = job.last_error
+                if error is None or not job.unknown_seen:
+                    error = APITimeoutError(
+                        f"{reason} while the request for order {job.order_id} was in flight",
+                        order_id=job.order_id,
+                    )
+                self.settle(job, CancelOutcome.UNKNOWN, None, error)
+
+    def results(self) -> list[CancelResult]:
+        out: list[CancelResult] = []
+        for index, job in enumerate(self.items):
+            if job is None:
+                out.append(self.invalid[index])
+            else:
+                assert job.result is not None
+                out.append(job.result)
+        return out
+
+    async def run(self, source: AsyncIterable[object] | None) -> None:
+        async with asyncio.timeout_at(self.deadline_at), asyncio.TaskGroup() as tg:
+            self.task_group = tg
+            for lane in self.lanes.values():
+                for _ in range(min(self.concurrency, len(lane.queue))):
+                    lane.workers += 1
+                    tg.create_task(self.work(lane))
+            if source is not None:
+                tg.create_task(self.feed(source))
+
+
+async def run_bulk_cancel(
+    client: AsyncStopClient,
+    orders: Iterable[OrderItem] | AsyncIterable[OrderItem],
+    *,
+    deadline: float | None,
+    concurrency: int | None,
+    rate_limit: float | None,
+    on_result: Callable[[CancelResult], object] | None,
+) -> CancelReport:
+    """Implement :meth:`AsyncStopClient.cancel_stop_orders`."""
+    if concurrency is None:
+        concurrency = client.max_concurrency
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise InvalidInputError(f"concurrency must be an int >= 1, not {concurrency!r}")
+    if deadline is not None and not deadline >= 0:
+        raise InvalidInputError(f"deadline must be >= 0 seconds or None, not {deadline!r}")
+    if rate_limit is not None and not rate_limit > 0:
+        raise InvalidInputError(f"rate_limit must be > 0 requests/s or None, not {rate_limit!r}")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    bulk = _BulkCancel(
+        client,
+        deadline_at=None if deadline is None else started + deadline,
+        concurrency=concurrency,
+        rate_limit=rate_limit,
+        on_result=on_result,
+    )
+    source: AsyncIterable[object] | None = None
+    if isinstance(orders, AsyncIterable):
+        source = orders
+    elif isinstance(orders, str | bytes):
+        raise InvalidInputError("orders must be a collection of order ids, not a single str")
+    else:
+        for index, item in enumerate(_iterate(orders)):
+            try:
+                bulk.add(item)
+            except InvalidInputError as err:
+                raise InvalidInputError(f"orders[{index}]: {err}") from None
+    try:
+        await bulk.run(source)
+    except TimeoutError:
+        # The deadline: the per-attempt timeouts are cut to it, so this only
+        # catches what was still waiting (a pause, the limiter, the source).
+        bulk.settle_interrupted("the deadline passed")
+    except BaseException:
+        bulk.settle_interrupted("the call was cancelled")
+        raise
+    report = CancelReport(bulk.results(), loop.time() - started, bulk.source_error)
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("bulk cancel done: %r", report)
+    return report
+
+
+def _iterate(orders: Iterable[object]) -> Iterator[object]:
+    try:
+        return iter(orders)
+    except TypeError:
+        raise InvalidInputError(
+            f"orders must be an iterable or async iterable, not {type(orders).__name__}"
+        ) from None
