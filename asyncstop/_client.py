@@ -372,8 +372,28 @@ class AsyncStopClient:
         """Send one request for ``call`` (two if a 401 is cured by a fresh token)."""
         account = call.account
         loop = asyncio.get_running_loop()
-        if account.paused_until or call.limiter is not None:
-            await self._wait_for_turn(call, loop)
+        semaphore = call.semaphore
+        while True:
+            if account.paused_until or account.window or call.limiter is not None:
+                await self._wait_for_turn(call, loop)
+            if semaphore is None:
+                break
+            await semaphore.acquire()
+            # A 429 may have paused the account while this task waited for a slot.
+            if account.paused_until <= loop.time() and not (
+                account.window and account.active >= account.window
+            ):
+                break
+            semaphore.release()
+        try:
+            return await self._attempt_now(call, loop)
+        finally:
+            if semaphore is not None:
+                semaphore.release()
+
+    async def _attempt_now(self, call: CancelCall, loop: asyncio.AbstractEventLoop) -> StopOrder:
+        """Send one request for ``call`` now that it may go."""
+        account = call.account
         timeout = self._client_timeout
         if call.deadline_at is not None:
             time_left = call.deadline_at - loop.time()
@@ -388,23 +408,21 @@ class AsyncStopClient:
             self._build_headers(account)
         generation = account.token_generation
         call.attempts += 1
+        account.active += 1
         try:
-            if call.semaphore is None:
-                return await self._send(call, timeout)
-            async with call.semaphore:
-                return await self._send(call, timeout)
+            order = await self._send(call, timeout)
         except APIError as err:
+            account.released()
             call.last_error = err
             if outcome_unknown(err):
                 call.unknown_seen = True
             elif isinstance(err, OrderNotFoundError):
                 err.after_unknown_attempt = call.unknown_seen
+                account.succeeded()
             elif isinstance(err, RateLimitError):
                 pause = DEFAULT_RATE_LIMIT_PAUSE if err.retry_after is None else err.retry_after
-                account.paused_until = max(account.paused_until, loop.time() + pause)
-                logger.info(
-                    "HTTP 429 for account %s: pausing it for %.3fs", account.account_id, pause
-                )
+                account.rate_limited(loop.time() + pause)
+                logger.info("HTTP 429 for %s: pausing the account %.3fs", account.account_id, pause)
             elif (
                 isinstance(err, AuthenticationError)
                 and self._token_provider is not None
@@ -412,11 +430,17 @@ class AsyncStopClient:
             ):
                 call.auth_refreshed = True
                 await self._refresh_token(generation)
-                return await self._attempt(call)
+                return await self._attempt_now(call, loop)
             raise
+        except BaseException:
+            account.released()
+            raise
+        account.released()
+        account.succeeded()
+        return order
 
     async def _wait_for_turn(self, call: CancelCall, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait out the account's 429 pause and the rate limiter, within the deadline."""
+        """Wait out the account's 429 pause, the rate limiter and the slow start, in time."""
         account = call.account
         while True:
             wait = account.paused_until - loop.time()
@@ -425,9 +449,10 @@ class AsyncStopClient:
                     raise DeadlinePassed
                 await asyncio.sleep(wait)
                 continue
-            if call.limiter is None:
-                return
-            await call.limiter.acquire()
+            if call.limiter is not None:
+                await call.limiter.acquire()
+            if account.window and account.active >= account.window:
+                await account.wait_for_window()
             if account.paused_until <= loop.time():
                 return
 

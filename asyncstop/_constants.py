@@ -32,6 +32,11 @@ DEFAULT_MAX_RETRY_AFTER: Final = 30.0
 #: the API documentation does not describe rate limiting at all.
 DEFAULT_RATE_LIMIT_PAUSE: Final = 1.0
 
+#: A 429 does not use up ``max_retries`` (the exchange did not act on the
+#: request, and the account is paused as it asked); an order is retried after
+#: at most this many 429s, and never past the deadline.
+MAX_RATE_LIMITED_RETRIES: Final = 20
+
 #: An attempt is not started with less than this left before the deadline: it
 #: could not get an answer back in time, and not sending it keeps the report
 #: exact (``not_sent`` rather than ``unknown``).

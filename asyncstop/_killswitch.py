@@ -51,6 +51,12 @@ class StopOrderRegistry:
         if account_id is None or self._orders.get(order_id) == account_id:
             self._orders.pop(order_id, None)
 
+    def _settled(self, order_id: str, account_id: str, default_account_id: str | None) -> None:
+        """Forget an order a kill switch saw end, if it is still registered for that account."""
+        registered = self._orders.get(order_id, "")
+        if (registered if registered is not None else default_account_id) == account_id:
+            del self._orders[order_id]
+
     def __contains__(self, order_id: object) -> bool:
         return order_id in self._orders
 
@@ -179,9 +185,7 @@ class KillSwitch:
 
     def _result_in(self, result: CancelResult) -> None:
         if result.ok and isinstance(self.source, StopOrderRegistry):
-            registered = self.source._orders.get(result.order_id, "")
-            if registered is None or registered == result.account_id:
-                self.source.discard(result.order_id)
+            self.source._settled(result.order_id, result.account_id, self.client.account_id)
         if self._on_result is not None:
             self._on_result(result)
 

@@ -22,7 +22,12 @@ from typing import TypeVar
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_base
 
-from ._constants import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY, MIN_ATTEMPT_BUDGET
+from ._constants import (
+    INITIAL_RETRY_DELAY,
+    MAX_RATE_LIMITED_RETRIES,
+    MAX_RETRY_DELAY,
+    MIN_ATTEMPT_BUDGET,
+)
 from ._errors import APIConnectionError, APIStatusError, RateLimitError, ServerError
 from ._logging import logger
 
@@ -162,15 +167,27 @@ class RetryPolicy:
 
 
 class _Stop(stop_base):
-    """Stop after the attempt budget, a too-long Retry-After, or when the deadline is near."""
+    """Stop after the attempt budget, a too-long Retry-After, or when the deadline is near.
+
+    A 429 does not use up the ``max_retries`` budget: the exchange did not act
+    on the request, and the account-wide pause already honours its request to
+    slow down. 429s are bounded by the deadline instead, and by
+    ``MAX_RATE_LIMITED_RETRIES`` per order.
+    """
 
     def __init__(self, max_attempts: int, max_wait: float, deadline_at: float | None) -> None:
         self.max_attempts = max_attempts
         self.max_wait = max_wait
         self.deadline_at = deadline_at
+        self.rate_limited = 0
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        if retry_state.attempt_number >= self.max_attempts:
+        assert retry_state.outcome is not None
+        if isinstance(retry_state.outcome.exception(), RateLimitError):
+            self.rate_limited += 1
+            if self.rate_limited > MAX_RATE_LIMITED_RETRIES:
+                return True
+        elif retry_state.attempt_number - self.rate_limited >= self.max_attempts:
             return True
         wait = retry_state.upcoming_sleep
         if wait > self.max_wait:

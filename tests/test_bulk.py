@@ -1,0 +1,321 @@
+"""The bulk cancel: one true result per input item, bounded, deadline-true, polite to the exchange."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+import asyncstop
+from asyncstop import CancelOutcome
+from asyncstop.testing import FakeExchange, Fault, Faults
+
+from .conftest import ACCOUNT, TOKEN, client_tasks
+
+
+def requests_per_order(exchange: FakeExchange) -> Counter[str | None]:
+    return Counter(e.order_id for e in exchange.journal if e.method == "DELETE")
+
+
+async def test_every_item_gets_one_result_in_input_order_and_duplicates_are_sent_once(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """Duplicates are cancelled once, each occurrence is reported, results keep input order."""
+    ids = exchange.add_stop_orders(20, account_id=ACCOUNT)
+    items = [*ids, ids[3], ids[3], ids[7]]
+    seen: list[str] = []
+    report = await client.cancel_stop_orders(items, on_result=lambda r: seen.append(r.order_id))
+    assert [r.order_id for r in report.results] == items
+    assert report.ok
+    assert report.counts[CancelOutcome.CANCELLED] == len(items)
+    assert Counter(seen) == Counter(items)
+    assert requests_per_order(exchange) == Counter(ids)
+    assert report.results[3] is report.results[20]
+    assert not exchange.open_stop_orders(ACCOUNT)
+
+
+async def test_outcomes_for_each_kind_of_answer(exchange: FakeExchange) -> None:
+    """200, 404, 400, 403, a cured and an uncured 5xx, a drop-then-404 each give the right outcome."""
+    ids = exchange.add_stop_orders(7, account_id=ACCOUNT)
+    ok, gone, bad, forbidden, flaky, broken, dropped = ids
+    exchange.inject_for(gone, Fault.error(404))
+    exchange.inject_for(bad, Fault.error(400))
+    exchange.inject_for(forbidden, Fault.error(403))
+    exchange.inject_for(flaky, Fault.error(503), Fault.error(500, after=True))
+    exchange.inject_for(broken, *[Fault.error(503)] * 3)
+    exchange.inject_for(dropped, Fault.drop(after=True))
+    async with asyncstop.AsyncStopClient(
+        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retries=2
+    ) as client:
+        report = await client.cancel_stop_orders(ids)
+    outcome = {r.order_id: r for r in report.results}
+    assert outcome[ok].outcome is CancelOutcome.CANCELLED
+    assert outcome[ok].order is not None
+    assert outcome[gone].outcome is CancelOutcome.ALREADY_GONE
+    assert outcome[bad].outcome is CancelOutcome.FAILED
+    assert isinstance(outcome[bad].error, asyncstop.BadRequestError)
+    assert outcome[forbidden].outcome is CancelOutcome.FAILED
+    # 503 before, then 500 after applying: the retry meets 404 -> already gone.
+    assert outcome[flaky].outcome is CancelOutcome.ALREADY_GONE
+    assert outcome[flaky].attempts == 3
+    assert outcome[broken].outcome is CancelOutcome.UNKNOWN
+    assert outcome[broken].attempts == 3
+    assert isinstance(outcome[broken].error, asyncstop.ServerError)
+    assert outcome[dropped].outcome is CancelOutcome.ALREADY_GONE
+    err = outcome[dropped].error
+    assert isinstance(err, asyncstop.OrderNotFoundError)
+    assert err.after_unknown_attempt
+    assert not report.ok
+    assert {r.order_id for r in report.pending} == {bad, forbidden, broken}
+    assert report.counts == {
+        CancelOutcome.CANCELLED: 1,
+        CancelOutcome.ALREADY_GONE: 3,
+        CancelOutcome.FAILED: 2,
+        CancelOutcome.UNKNOWN: 1,
+        CancelOutcome.NOT_SENT: 0,
+    }
+    for order_id, count in requests_per_order(exchange).items():
+        assert outcome[str(order_id)].attempts == count
+
+
+async def test_attempts_equal_the_requests_the_exchange_saw(exchange: FakeExchange) -> None:
+    """Under random 5xx and drops, each result's attempts equals the journal's requests for it."""
+    ids = exchange.add_stop_orders(300, account_id=ACCOUNT)
+    exchange.faults = Faults(error_before=0.1, error_after=0.1, drop_before=0.05, drop_after=0.05)
+    async with asyncstop.AsyncStopClient(
+        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retries=5
+    ) as client:
+        report = await client.cancel_stop_orders(ids, concurrency=16)
+    seen = requests_per_order(exchange)
+    assert sum(seen.values()) > len(ids)  # the faults did fire
+    for result in report.results:
+        assert result.attempts == seen[result.order_id]
+
+
+async def test_one_failure_neither_cancels_nor_delays_the_others(exchange: FakeExchange) -> None:
+    """An order that hangs until its timeout does not hold back the rest, nor do errors stop them."""
+    ids = exchange.add_stop_orders(30, account_id=ACCOUNT)
+    exchange.inject_for(ids[0], Fault.hang())
+    exchange.inject_for(ids[1], Fault.error(400))
+    async with asyncstop.AsyncStopClient(
+        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, timeout=2.0, max_retries=0
+    ) as client:
+        report = await client.cancel_stop_orders(ids, concurrency=2)
+    assert report.results[0].outcome is CancelOutcome.UNKNOWN
+    assert report.results[1].outcome is CancelOutcome.FAILED
+    assert all(r.outcome is CancelOutcome.CANCELLED for r in report.results[2:])
+    hung = next(e for e in exchange.journal if e.order_id == ids[0])
+    others_done = max(e.done_time for e in exchange.journal if e.order_id in ids[2:])
+    # The other 28 finished on one connection long before the hung one's 2 s timeout.
+    assert others_done < hung.time + 1.0
+
+
+async def test_requests_in_flight_never_exceed_the_concurrency(exchange: FakeExchange) -> None:
+    """With latency, the exchange sees at most `concurrency` requests at once, and reaches it."""
+    ids = exchange.add_stop_orders(120, account_id=ACCOUNT)
+    ids += exchange.add_stop_orders(120, account_id="acc-2")
+    exchange.faults = Faults(latency=0.01)
+    items: list[asyncstop.OrderItem] = [*ids[:120], *(("acc-2", i) for i in ids[120:])]
+    async with asyncstop.AsyncStopClient(
+        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_concurrency=32
+    ) as client:
+        report = await client.cancel_stop_orders(items, concurrency=7)
+    assert report.ok
+    assert exchange.max_in_flight == 7
+
+
+async def test_the_deadline_cuts_attempts_and_reports_unknown_and_not_sent(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """At the deadline the in-flight order is unknown, unsent ones not_sent, and none is sent late."""
+    ids = exchange.add_stop_orders(6, account_id=ACCOUNT)
+    exchange.faults = Faults(latency=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    report = await client.cancel_stop_orders(ids, deadline=0.5, concurrency=1)
+    returned = loop.time()
+    assert returned - started <= 0.5 + 0.05
+    outcomes = [r.outcome for r in report.results]
+    assert outcomes == [CancelOutcome.CANCELLED, CancelOutcome.UNKNOWN] + [CancelOutcome.NOT_SENT] * 4
+    assert isinstance(report.results[1].error, asyncstop.APITimeoutError)
+    assert report.results[2].attempts == 0
+    assert len(exchange.journal) == 2
+    assert all(e.time <= started + 0.5 for e in exchange.journal)
+    assert set(exchange.open_stop_orders(ACCOUNT)) >= set(ids[2:])
+
+
+async def test_a_zero_deadline_sends_nothing(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """deadline=0 reports every order not_sent and sends no request."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    report = await client.cancel_stop_orders(ids, deadline=0)
+    assert report.counts[CancelOutcome.NOT_SENT] == 5
+    assert exchange.journal == []
+
+
+async def test_a_429_pauses_every_worker_of_the_account() -> None:
+    """After a 429 with Retry-After, no request of that account reaches the exchange in the pause."""
+    async with FakeExchange(tokens={TOKEN}, seed=3, faults=Faults(latency=0.002)) as exchange:
+        ids = exchange.add_stop_orders(200, account_id=ACCOUNT)
+        exchange.inject_for(ids[20], Fault.rate_limited(retry_after="0.3"))
+        async with asyncstop.AsyncStopClient(
+            base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT
+        ) as client:
+            report = await client.cancel_stop_orders(ids, concurrency=16)
+        assert report.ok
+        limited = [e for e in exchange.journal if e.status == 429]
+        assert len(limited) == 1
+        pause_end = limited[0].done_time + 0.3
+        late = [e for e in exchange.journal if limited[0].done_time + 0.02 <= e.time < pause_end]
+        assert late == []
+        assert exchange.pause_violations == []
+        # Without the pause, 16 workers would have sent many requests in those 0.3 s.
+        assert max(e.time for e in exchange.journal) > pause_end
+
+
+async def test_rate_limit_keeps_the_call_under_the_exchanges_limit() -> None:
+    """rate_limit= at the exchange's limit gets no 429, where the same call without it does."""
+    async with FakeExchange(
+        tokens={TOKEN}, seed=4, rate_limit=200, rate_limit_burst=5, retry_after=0.05
+    ) as exchange:
+        ids = exchange.add_stop_orders(120, account_id=ACCOUNT)
+        async with asyncstop.AsyncStopClient(
+            base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT
+        ) as client:
+            paced = await client.cancel_stop_orders(ids[:60], rate_limit=190)
+            assert paced.ok
+            assert not [e for e in exchange.journal if e.status == 429]
+            await asyncio.sleep(0.1)
+            unpaced = await client.cancel_stop_orders(ids[60:])
+        assert unpaced.ok
+        assert [e for e in exchange.journal if e.status == 429]
+        assert exchange.pause_violations == []
+
+
+async def test_the_callers_cancellation_is_prompt_and_leaves_nothing_behind(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """Cancelling the bulk task raises CancelledError, reports every item, leaves no task running."""
+    ids = exchange.add_stop_orders(50, account_id=ACCOUNT)
+    exchange.faults = Faults(hang=1.0)
+    seen: list[asyncstop.CancelResult] = []
+    task = asyncio.create_task(client.cancel_stop_orders(ids, concurrency=8, on_result=seen.append))
+    async with asyncio.timeout(5):
+        while exchange.in_flight < 8:
+            await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(1):
+            await task
+    assert sorted(r.order_id for r in seen) == sorted(ids)
+    outcomes = Counter(r.outcome for r in seen)
+    assert outcomes == {CancelOutcome.UNKNOWN: 8, CancelOutcome.NOT_SENT: 42}
+    assert client_tasks() == []
+
+
+async def test_activated_stops_are_cancelled_and_easy_to_find(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """An order returned with status Activated counts as cancelled and is listed in report.activated."""
+    ids = exchange.add_stop_orders(40, account_id=ACCOUNT, activated_fraction=0.25)
+    activated = {i for i in ids if exchange.orders[i].status == "Activated"}
+    assert activated
+    report = await client.cancel_stop_orders(ids)
+    assert report.ok
+    assert {r.order_id for r in report.activated} == activated
+    for result in report.activated:
+        assert result.outcome is CancelOutcome.CANCELLED
+        assert result.order is not None
+        assert result.order.status == asyncstop.OrderStatus.ACTIVATED
+
+
+async def test_an_undecodable_200_is_still_cancelled(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """A confirmed cancel with a garbage body is reported cancelled, with the decoding error attached."""
+    order_id = exchange.add_stop_order(account_id=ACCOUNT)
+    exchange.inject_for(order_id, Fault.reply(200, b"not json"))
+    report = await client.cancel_stop_orders([order_id])
+    [result] = report.results
+    assert result.outcome is CancelOutcome.CANCELLED
+    assert result.order is None
+    assert isinstance(result.error, asyncstop.ResponseValidationError)
+    assert report.ok
+
+
+async def test_orders_of_several_accounts_in_one_call(exchange: FakeExchange) -> None:
+    """(account_id, order_id) pairs cancel each order through its own account."""
+    a = exchange.add_stop_orders(10, account_id="acc-a")
+    b = exchange.add_stop_orders(10, account_id="acc-b")
+    async with asyncstop.AsyncStopClient(base_url=exchange.base_url, token=TOKEN) as client:
+        report = await client.cancel_stop_orders([*(("acc-a", i) for i in a), *(("acc-b", i) for i in b)])
+    assert report.ok
+    assert not exchange.open_stop_orders()
+    assert {r.account_id for r in report.results} == {"acc-a", "acc-b"}
+
+
+@pytest.mark.parametrize(
+    "bad_item",
+    ["a/b", ("acc", "x y"), ("acc\n", "X"), 42, ("only-one",), ("a", "b", "c"), None],
+)
+async def test_an_invalid_item_in_a_list_refuses_the_whole_call(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient, bad_item: object
+) -> None:
+    """A bad item anywhere in a list raises ValueError naming its index, and nothing is sent."""
+    ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
+    with pytest.raises(ValueError, match=r"orders\[2\]"):
+        await client.cancel_stop_orders([ids[0], ids[1], bad_item])  # type: ignore[list-item]
+    assert exchange.journal == []
+
+
+async def test_bad_arguments_are_refused(client: asyncstop.AsyncStopClient) -> None:
+    """A str instead of a list, a bad deadline or concurrency raise ValueError."""
+    with pytest.raises(ValueError, match="single str"):
+        await client.cancel_stop_orders("01K2MNGAWPMQJ7WGATFSCAS1G4")
+    with pytest.raises(ValueError, match="deadline"):
+        await client.cancel_stop_orders([], deadline=-1)
+    with pytest.raises(ValueError, match="concurrency"):
+        await client.cancel_stop_orders([], concurrency=0)
+
+
+async def test_an_async_source_is_cancelled_as_it_yields(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """Cancelling starts with the first id from an async source, before the source is exhausted."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+
+    async def source() -> AsyncIterator[asyncstop.OrderItem]:
+        yield ids[0]
+        async with asyncio.timeout(3):  # fails the test if cancelling waited for the source
+            while not exchange.journal:
+                await asyncio.sleep(0.005)
+        for order_id in ids[1:]:
+            yield order_id
+        yield "bad/id"
+
+    report = await client.cancel_stop_orders(source())
+    assert [r.outcome for r in report.results] == [CancelOutcome.CANCELLED] * 5 + [
+        CancelOutcome.FAILED
+    ]
+    assert isinstance(report.results[-1].error, asyncstop.InvalidInputError)
+    assert len(exchange.journal) == 5
+
+
+async def test_a_failing_source_still_reports_what_it_gave(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """If the async source raises, the orders it gave are cancelled and the report says it failed."""
+    ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
+
+    async def source() -> AsyncIterator[str]:
+        for order_id in ids:
+            yield order_id
+        raise ConnectionError("order book went away")
+
+    report = await client.cancel_stop_orders(source())
+    assert report.counts[CancelOutcome.CANCELLED] == 3
+    assert isinstance(report.source_error, ConnectionError)
+    assert not report.ok
