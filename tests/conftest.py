@@ -44,8 +44,10 @@ def client_tasks() -> list[asyncio.Task[object]]:
             continue
         code = getattr(task.get_coro(), "cr_code", None)
         filename = Path(code.co_filename) if code is not None else None
-        if filename is not None and filename.is_relative_to(_PACKAGE) and not filename.is_relative_to(
-            _TESTING
+        if (
+            filename is not None
+            and filename.is_relative_to(_PACKAGE)
+            and not filename.is_relative_to(_TESTING)
         ):
             found.append(task)
     return found

@@ -1,4 +1,4 @@
-"""The bulk cancel: one true result per input item, bounded, deadline-true, polite to the exchange."""
+"""The bulk cancel: one true result per item, bounded, deadline-true, polite to the exchange."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ async def test_every_item_gets_one_result_in_input_order_and_duplicates_are_sent
 
 
 async def test_outcomes_for_each_kind_of_answer(exchange: FakeExchange) -> None:
-    """200, 404, 400, 403, a cured and an uncured 5xx, a drop-then-404 each give the right outcome."""
+    """200, 404, 400, 403, cured and uncured 5xx, and a drop then 404 each get the right outcome."""
     ids = exchange.add_stop_orders(7, account_id=ACCOUNT)
     ok, gone, bad, forbidden, flaky, broken, dropped = ids
     exchange.inject_for(gone, Fault.error(404))
@@ -95,7 +95,7 @@ async def test_attempts_equal_the_requests_the_exchange_saw(exchange: FakeExchan
 
 
 async def test_one_failure_neither_cancels_nor_delays_the_others(exchange: FakeExchange) -> None:
-    """An order that hangs until its timeout does not hold back the rest, nor do errors stop them."""
+    """An order hanging until its timeout does not hold back the rest; errors do not stop them."""
     ids = exchange.add_stop_orders(30, account_id=ACCOUNT)
     exchange.inject_for(ids[0], Fault.hang())
     exchange.inject_for(ids[1], Fault.error(400))
@@ -129,7 +129,7 @@ async def test_requests_in_flight_never_exceed_the_concurrency(exchange: FakeExc
 async def test_the_deadline_cuts_attempts_and_reports_unknown_and_not_sent(
     exchange: FakeExchange, client: asyncstop.AsyncStopClient
 ) -> None:
-    """At the deadline the in-flight order is unknown, unsent ones not_sent, and none is sent late."""
+    """At the deadline the in-flight order is unknown, unsent ones not_sent; none is sent late."""
     ids = exchange.add_stop_orders(6, account_id=ACCOUNT)
     exchange.faults = Faults(latency=0.3)
     loop = asyncio.get_running_loop()
@@ -138,7 +138,9 @@ async def test_the_deadline_cuts_attempts_and_reports_unknown_and_not_sent(
     returned = loop.time()
     assert returned - started <= 0.5 + 0.05
     outcomes = [r.outcome for r in report.results]
-    assert outcomes == [CancelOutcome.CANCELLED, CancelOutcome.UNKNOWN] + [CancelOutcome.NOT_SENT] * 4
+    assert (
+        outcomes == [CancelOutcome.CANCELLED, CancelOutcome.UNKNOWN] + [CancelOutcome.NOT_SENT] * 4
+    )
     assert isinstance(report.results[1].error, asyncstop.APITimeoutError)
     assert report.results[2].attempts == 0
     assert len(exchange.journal) == 2
@@ -157,7 +159,7 @@ async def test_a_zero_deadline_sends_nothing(
 
 
 async def test_a_429_pauses_every_worker_of_the_account() -> None:
-    """After a 429 with Retry-After, no request of that account reaches the exchange in the pause."""
+    """After a 429 with Retry-After, no request of that account arrives in the pause."""
     async with FakeExchange(tokens={TOKEN}, seed=3, faults=Faults(latency=0.002)) as exchange:
         ids = exchange.add_stop_orders(200, account_id=ACCOUNT)
         exchange.inject_for(ids[20], Fault.rate_limited(retry_after="0.3"))
@@ -198,7 +200,7 @@ async def test_rate_limit_keeps_the_call_under_the_exchanges_limit() -> None:
 async def test_the_callers_cancellation_is_prompt_and_leaves_nothing_behind(
     exchange: FakeExchange, client: asyncstop.AsyncStopClient
 ) -> None:
-    """Cancelling the bulk task raises CancelledError, reports every item, leaves no task running."""
+    """Cancelling the bulk task raises CancelledError, reports every item, leaves no task behind."""
     ids = exchange.add_stop_orders(50, account_id=ACCOUNT)
     exchange.faults = Faults(hang=1.0)
     seen: list[asyncstop.CancelResult] = []
@@ -219,7 +221,7 @@ async def test_the_callers_cancellation_is_prompt_and_leaves_nothing_behind(
 async def test_activated_stops_are_cancelled_and_easy_to_find(
     exchange: FakeExchange, client: asyncstop.AsyncStopClient
 ) -> None:
-    """An order returned with status Activated counts as cancelled and is listed in report.activated."""
+    """An order returned as Activated counts as cancelled and is listed in report.activated."""
     ids = exchange.add_stop_orders(40, account_id=ACCOUNT, activated_fraction=0.25)
     activated = {i for i in ids if exchange.orders[i].status == "Activated"}
     assert activated
@@ -235,7 +237,7 @@ async def test_activated_stops_are_cancelled_and_easy_to_find(
 async def test_an_undecodable_200_is_still_cancelled(
     exchange: FakeExchange, client: asyncstop.AsyncStopClient
 ) -> None:
-    """A confirmed cancel with a garbage body is reported cancelled, with the decoding error attached."""
+    """A confirmed cancel with a garbage body is reported cancelled, with the decoding error."""
     order_id = exchange.add_stop_order(account_id=ACCOUNT)
     exchange.inject_for(order_id, Fault.reply(200, b"not json"))
     report = await client.cancel_stop_orders([order_id])
@@ -251,7 +253,9 @@ async def test_orders_of_several_accounts_in_one_call(exchange: FakeExchange) ->
     a = exchange.add_stop_orders(10, account_id="acc-a")
     b = exchange.add_stop_orders(10, account_id="acc-b")
     async with asyncstop.AsyncStopClient(base_url=exchange.base_url, token=TOKEN) as client:
-        report = await client.cancel_stop_orders([*(("acc-a", i) for i in a), *(("acc-b", i) for i in b)])
+        report = await client.cancel_stop_orders(
+            [*(("acc-a", i) for i in a), *(("acc-b", i) for i in b)]
+        )
     assert report.ok
     assert not exchange.open_stop_orders()
     assert {r.account_id for r in report.results} == {"acc-a", "acc-b"}
@@ -307,7 +311,7 @@ async def test_an_async_source_is_cancelled_as_it_yields(
 async def test_a_failing_source_still_reports_what_it_gave(
     exchange: FakeExchange, client: asyncstop.AsyncStopClient
 ) -> None:
-    """If the async source raises, the orders it gave are cancelled and the report says it failed."""
+    """If the async source raises, the orders it gave are cancelled and the report says so."""
     ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
 
     async def source() -> AsyncIterator[str]:

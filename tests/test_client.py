@@ -114,7 +114,9 @@ async def test_each_status_raises_its_error(
     assert err.order_id == "01K2MNGAWPMQJ7WGATFSCAS1G4"
 
 
-@pytest.mark.parametrize("body", [b"", b"<html>Bad Gateway</html>", b'{"detail": "nope"}', b"[1,2]"])
+@pytest.mark.parametrize(
+    "body", [b"", b"<html>Bad Gateway</html>", b'{"detail": "nope"}', b"[1,2]"]
+)
 async def test_error_bodies_of_any_shape_give_a_clean_error(
     exchange: FakeExchange, body: bytes
 ) -> None:
@@ -132,8 +134,22 @@ async def test_error_bodies_of_any_shape_give_a_clean_error(
 
 @pytest.mark.parametrize(
     "order_id",
-    ["", "a/b", "../x", "a?b=1", "a#b", "a%2Fb", "a b", "a\tb", "a\r\nX-Evil: 1", "\x00", ".", "..",
-     "ü", "a\\b"],
+    [
+        "",
+        "a/b",
+        "../x",
+        "a?b=1",
+        "a#b",
+        "a%2Fb",
+        "a b",
+        "a\tb",
+        "a\r\nX-Evil: 1",
+        "\x00",
+        ".",
+        "..",
+        "ü",
+        "a\\b",
+    ],
 )
 async def test_bad_order_ids_are_refused_before_sending(
     exchange: FakeExchange, client: asyncstop.AsyncStopClient, order_id: str
@@ -168,8 +184,16 @@ async def test_header_injection_in_account_id_is_refused(
 
 @pytest.mark.parametrize(
     "base_url",
-    ["ftp://broker.example", "broker.example", "127.0.0.1:8080", "http://", "https://u:p@host",
-     "https://host/?q=1", "https://ho st", "file:///etc/passwd"],
+    [
+        "ftp://broker.example",
+        "broker.example",
+        "127.0.0.1:8080",
+        "http://",
+        "https://u:p@host",
+        "https://host/?q=1",
+        "https://ho st",
+        "file:///etc/passwd",
+    ],
 )
 def test_bad_base_urls_are_refused(base_url: str) -> None:
     """A base_url that is not a plain http(s) URL with a host is refused at construction."""
@@ -198,7 +222,7 @@ async def test_retries_503_then_succeeds(
 
 
 async def test_retries_stop_after_max_retries(exchange: FakeExchange) -> None:
-    """With max_retries=2, a server that keeps failing sees 3 requests and the last error is raised."""
+    """With max_retries=2, a server that keeps failing sees 3 requests; the last error is raised."""
     exchange.inject(*[Fault.error(502)] * 5)
     async with asyncstop.AsyncStopClient(
         base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retries=2
@@ -259,7 +283,7 @@ async def test_retry_after_beyond_the_cap_ends_the_retries(exchange: FakeExchang
 async def test_a_dropped_connection_after_the_cancel_is_one_request_and_reads_as_gone(
     exchange: FakeExchange, client: asyncstop.AsyncStopClient
 ) -> None:
-    """A drop after the exchange applied the cancel: our retry meets 404 flagged after_unknown_attempt.
+    """A drop after the cancel applied: the retry meets 404, flagged after_unknown_attempt.
 
     aiohttp would silently re-send the DELETE once on its own; the client turns
     that off, so the journal shows exactly the two requests the client made.
@@ -406,7 +430,7 @@ async def test_a_static_token_401_is_not_retried(
 async def test_the_token_never_appears_in_reprs_errors_or_logs(
     exchange: FakeExchange, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With DEBUG logging, retries, a 401 and errors, the token is nowhere in any text we produce."""
+    """With DEBUG logging, retries, a 401 and errors, the token is in no text we produce."""
     caplog.set_level(logging.DEBUG, logger="asyncstop")
     order_id = exchange.add_stop_order(account_id=ACCOUNT)
     exchange.inject(Fault.error(503), Fault.drop(), Fault.rate_limited(retry_after="0.01"))
@@ -434,7 +458,7 @@ async def test_the_token_never_appears_in_reprs_errors_or_logs(
 
 
 def test_the_redacting_filter_hides_bearer_tokens(caplog: pytest.LogCaptureFixture) -> None:
-    """A log line that carries a header dict or a Bearer value is redacted on the asyncstop logger."""
+    """A log line carrying a header dict or a Bearer value is redacted on the asyncstop logger."""
     caplog.set_level(logging.DEBUG, logger="asyncstop")
     logging.getLogger("asyncstop").debug("headers: %s", {"Authorization": f"Bearer {TOKEN}"})
     logging.getLogger("asyncstop").debug("sent Bearer %s", TOKEN)
@@ -494,7 +518,8 @@ def test_works_under_uvloop() -> None:
             ) as client:
                 order = await client.cancel_stop_order(ids[0])
                 report = await client.cancel_stop_orders(ids[1:])
-            return type(asyncio.get_running_loop()).__module__, report.ok and order.order_id == ids[0]
+            ok = report.ok and order.order_id == ids[0]
+            return type(asyncio.get_running_loop()).__module__, ok
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         loop_module, ok = runner.run(main())

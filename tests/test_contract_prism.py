@@ -69,7 +69,13 @@ async def prism() -> AsyncIterator[Prism]:
         pytest.skip(reason)
     port = _free_port()
     process = await asyncio.create_subprocess_exec(
-        str(PRISM), "mock", "-h", "127.0.0.1", "-p", str(port), str(SPEC),
+        str(PRISM),
+        "mock",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        str(SPEC),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -109,7 +115,7 @@ async def prism() -> AsyncIterator[Prism]:
 
 
 async def test_the_request_satisfies_the_contract_and_the_example_decodes(prism: Prism) -> None:
-    """Prism sees no violation in our request, and its example reply decodes to the documented values."""
+    """Prism finds no violation in our request, and its example decodes to the documented values."""
     mark = len(prism.output)
     async with asyncstop.AsyncStopClient(
         base_url=prism.base_url, token="x.y.z", account_id="685a7eaa360f9e7416221a61"
@@ -150,10 +156,12 @@ async def test_the_assumed_error_bodies_decode(
     prism: Prism, code: str, error_class: type[asyncstop.APIStatusError], error_code: int
 ) -> None:
     """The spec's 404 and 401 examples map to their error classes with the errorCode decoded."""
-    async with aiohttp.ClientSession(headers={"Prefer": f"code={code}"}) as session:
-        async with asyncstop.AsyncStopClient(
+    async with (
+        aiohttp.ClientSession(headers={"Prefer": f"code={code}"}) as session,
+        asyncstop.AsyncStopClient(
             base_url=prism.base_url, token="x.y.z", account_id="acc", session=session
-        ) as client:
-            with pytest.raises(error_class) as caught:
-                await client.cancel_stop_order(ORDER_ID)
+        ) as client,
+    ):
+        with pytest.raises(error_class) as caught:
+            await client.cancel_stop_order(ORDER_ID)
     assert caught.value.error_code == error_code

@@ -40,8 +40,11 @@ def test_testing_module_is_public_and_documented() -> None:
 
 def test_error_tree_is_rooted() -> None:
     """Every exception asyncstop exports derives from AsyncStopError, as the module draws it."""
-    errors = [v for v in map(asyncstop.__dict__.get, asyncstop.__all__) if inspect.isclass(v)
-              and issubclass(v, BaseException)]
+    errors = [
+        v
+        for v in map(asyncstop.__dict__.get, asyncstop.__all__)
+        if inspect.isclass(v) and issubclass(v, BaseException)
+    ]
     assert len(errors) == 13
     for cls in errors:
         assert issubclass(cls, asyncstop.AsyncStopError)

@@ -79,7 +79,7 @@ def test_retry_after_parsing(header: str | None, expected: float | None) -> None
 def test_which_errors_are_retried_and_which_leave_the_outcome_unknown(
     error: Exception, retryable: bool, unknown: bool
 ) -> None:
-    """Connection errors, timeouts, 408, 409, 429 and 5xx retry; only drops, timeouts, 5xx are unknown."""
+    """Drops, timeouts, 408, 409, 429 and 5xx retry; only drops, timeouts and 5xx are unknown."""
     assert _retry.is_retryable(error) is retryable
     assert _retry.outcome_unknown(error) is unknown
 
