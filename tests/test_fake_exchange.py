@@ -508,6 +508,14 @@ async def test_fault_rate_limited_starts_a_pause(session: aiohttp.ClientSession)
         assert (await delete(session, exchange, "unknown", documented_headers("acc-3")))[0] == 404
         assert len(exchange.pause_violations) == 1
 
+        # An HTTP-date pauses until then; a value no client can read pauses nothing.
+        in_a_minute = email.utils.formatdate(time.time() + 60, usegmt=True)
+        exchange.inject(Fault.rate_limited(in_a_minute), Fault.rate_limited("soon"))
+        for account_id in ("acc-4", "acc-5"):
+            assert (await delete(session, exchange, "x", documented_headers(account_id)))[0] == 429
+            await delete(session, exchange, "x", documented_headers(account_id))
+        assert [e.account_id for e in exchange.pause_violations] == ["acc-1", "acc-4"]
+
 
 async def test_inject_for_comes_before_the_global_fifo(session: aiohttp.ClientSession) -> None:
     """Per-order faults are used only by that order and before the shared FIFO."""
@@ -573,17 +581,21 @@ async def test_rate_limit_integer_retry_after_and_violations(
 
 
 async def test_rate_limit_float_retry_after_and_pause_end(session: aiohttp.ClientSession) -> None:
-    """retry_after=0.2 sends "0.2"; a request after the pause is served and is no violation."""
+    """retry_after=0.07 sends exactly "0.07"; violators get the rest; after the pause, all fine."""
     async with FakeExchange(
-        tokens={TOKEN}, rate_limit=20, rate_limit_burst=1, retry_after=0.2, pause_grace=0
+        tokens={TOKEN}, rate_limit=20, rate_limit_burst=1, retry_after=0.07, pause_grace=0
     ) as exchange:
-        ids = exchange.add_stop_orders(3)
+        ids = exchange.add_stop_orders(4)
         assert (await delete(session, exchange, ids[0]))[0] == 200
         status, headers, _ = await delete(session, exchange, ids[1])
-        assert (status, headers["Retry-After"]) == (429, "0.2")
-        await asyncio.sleep(0.3)
-        assert (await delete(session, exchange, ids[2]))[0] == 200
-        assert exchange.pause_violations == []
+        assert (status, headers["Retry-After"]) == (429, "0.07")
+        status, headers, _ = await delete(session, exchange, ids[2])
+        assert status == 429
+        assert 0 <= float(headers["Retry-After"]) <= 0.07
+        assert len(exchange.pause_violations) == 1
+        await asyncio.sleep(0.2)
+        assert (await delete(session, exchange, ids[3]))[0] == 200
+        assert len(exchange.pause_violations) == 1
 
 
 async def test_rate_limit_http_date_retry_after(session: aiohttp.ClientSession) -> None:
@@ -791,3 +803,25 @@ async def test_cli_serves_and_exits_on_sigterm(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_hung_request_leaves_in_flight_when_its_client_gives_up(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A hung request stops counting in in_flight once its client has closed the connection."""
+    async with FakeExchange(tokens={TOKEN}) as exchange:
+        order_id = exchange.add_stop_order()
+        exchange.inject(Fault.hang())
+        with pytest.raises(TimeoutError):
+            await session.delete(
+                exchange.base_url + PATH + order_id,
+                headers=documented_headers(),
+                timeout=aiohttp.ClientTimeout(total=0.2),
+            )
+        async with asyncio.timeout(5):
+            while exchange.in_flight:
+                await asyncio.sleep(0.005)
+        [entry] = exchange.journal
+        assert entry.outcome == "hung"
+        assert entry.status is None
+        assert order_id in exchange.open_stop_orders()
