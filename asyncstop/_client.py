@@ -29,6 +29,7 @@ from ._constants import (
     DEFAULT_RATE_LIMIT_PAUSE,
     DEFAULT_TIMEOUT,
     MIN_ATTEMPT_BUDGET,
+    RATE_LIMIT_TOLERANCE,
     STOP_ORDERS_PATH,
 )
 from ._errors import (
@@ -542,10 +543,14 @@ class AsyncStopClient:
 
 
 def new_limiter(rate: float) -> AsyncLimiter:
-    """A leaky bucket of capacity 1 that lets ``rate`` requests per second through, evenly.
+    """A leaky bucket that lets ``rate`` requests per second through, evenly.
 
-    Capacity 1 (no burst): a burst of ``rate`` requests at the start, as the
-    default aiolimiter bucket allows, would exceed a server that counts
-    requests in a sliding window.
+    Its capacity is one request plus ``RATE_LIMIT_TOLERANCE`` seconds' worth:
+    enough to absorb an event loop that wakes a waiter a little late (with a
+    capacity of exactly 1 every late wake-up is time lost for good, and the
+    call falls behind the rate), yet no real burst. The default aiolimiter
+    bucket, a whole second's worth, would open with a burst of ``rate``
+    requests that a server counting in a sliding window would refuse.
     """
-    return AsyncLimiter(1, 1 / rate)
+    capacity = 1 + rate * RATE_LIMIT_TOLERANCE
+    return AsyncLimiter(capacity, capacity / rate)

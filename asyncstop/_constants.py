@@ -32,6 +32,10 @@ DEFAULT_MAX_RETRY_AFTER: Final = 30.0
 #: the API documentation does not describe rate limiting at all.
 DEFAULT_RATE_LIMIT_PAUSE: Final = 1.0
 
+#: The proactive rate limit may run this many seconds' worth of requests
+#: ahead, to absorb late wake-ups of the event loop (see ``new_limiter``).
+RATE_LIMIT_TOLERANCE: Final = 0.01
+
 #: A 429 does not use up ``max_retries`` (the exchange did not act on the
 #: request, and the account is paused as it asked); an order is retried after
 #: at most this many 429s, and never past the deadline.

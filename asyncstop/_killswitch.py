@@ -151,6 +151,7 @@ class KillSwitch:
             self._run = asyncio.get_running_loop().create_task(
                 self._cancel_all(), name="asyncstop-kill-switch"
             )
+            self._run.add_done_callback(_log_failed_run)
         return self._run
 
     async def _cancel_all(self) -> CancelReport:
@@ -217,3 +218,9 @@ class KillSwitch:
 
     def __repr__(self) -> str:
         return f"<KillSwitch deadline={self.deadline!r} running={self.running}>"
+
+
+def _log_failed_run(run: asyncio.Task[CancelReport]) -> None:
+    """Log a run that failed, so a signal-started run nobody joined does not fail unseen."""
+    if not run.cancelled() and (err := run.exception()) is not None:
+        logger.error("kill switch run failed: %s: %s", type(err).__name__, err, exc_info=err)
