@@ -36,6 +36,8 @@ from typing import IO, TYPE_CHECKING, Any, Final, Protocol, TypeVar
 import msgspec
 
 from . import __version__
+from ._argtypes import count as count_arg
+from ._argtypes import positive_float
 from ._bulk import CancelOutcome, CancelReport, CancelResult
 from ._client import AsyncStopClient
 from ._constants import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
@@ -978,29 +980,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- arguments ---------------------------------------------------------------------------------
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text!r}")
-    return value
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``asyncstop`` command."""
     parser = argparse.ArgumentParser(
@@ -1052,14 +1031,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help="time limit of each attempt (default: %(default)s)",
     )
     group.add_argument(
         "--max-retries",
-        type=_count(0),
+        type=count_arg(0),
         default=DEFAULT_MAX_RETRIES,
         metavar="N",
         help="retries after the first attempt, 0 for none (default: %(default)s)",
@@ -1069,21 +1048,21 @@ def build_parser() -> argparse.ArgumentParser:
     group = bulk.add_argument_group("cancelling")
     group.add_argument(
         "--deadline",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_DEADLINE,
         metavar="SECONDS",
         help="time for the whole run, retries included (default: %(default)s)",
     )
     group.add_argument(
         "--concurrency",
-        type=_count(1),
+        type=count_arg(1),
         default=None,
         metavar="N",
         help=f"requests in flight at most (default: {DEFAULT_MAX_CONCURRENCY})",
     )
     group.add_argument(
         "--rate-limit",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="PER_SECOND",
         help="requests per second per account at most (default: no pacing)",
@@ -1142,12 +1121,14 @@ def build_parser() -> argparse.ArgumentParser:
             "the kill switch, and compare the report with the exchange's own view."
         ),
     )
-    demo.add_argument("--orders", type=_count(1), default=_DEMO_ORDERS, help="default: %(default)s")
     demo.add_argument(
-        "--accounts", type=_count(1), default=_DEMO_ACCOUNTS, help="default: %(default)s"
+        "--orders", type=count_arg(1), default=_DEMO_ORDERS, help="default: %(default)s"
     )
     demo.add_argument(
-        "--concurrency", type=_count(1), default=_DEMO_CONCURRENCY, help="default: %(default)s"
+        "--accounts", type=count_arg(1), default=_DEMO_ACCOUNTS, help="default: %(default)s"
+    )
+    demo.add_argument(
+        "--concurrency", type=count_arg(1), default=_DEMO_CONCURRENCY, help="default: %(default)s"
     )
     demo.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     demo.set_defaults(handler=cmd_demo)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from .._argtypes import count, fraction, positive_float
 from ._exchange import FakeExchange
 from ._faults import Faults
 
@@ -52,36 +53,6 @@ def _duration_argument(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _fraction_argument(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text!r}")
-    return value
-
-
-def _positive_argument(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return value
-
-
-def _count_argument(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
-
-
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of :func:`main`."""
     parser = argparse.ArgumentParser(
@@ -94,12 +65,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", type=int, default=_DEFAULT_PORT, help="port to listen on; 0 picks a free one"
     )
-    parser.add_argument(
-        "--orders", type=_count_argument, default=1000, help="stop orders per account"
-    )
-    parser.add_argument(
-        "--accounts", type=_count_argument, default=1, help="accounts acc-1, acc-2, ..."
-    )
+    parser.add_argument("--orders", type=count(0), default=1000, help="stop orders per account")
+    parser.add_argument("--accounts", type=count(0), default=1, help="accounts acc-1, acc-2, ...")
     parser.add_argument("--token", help="the accepted bearer token (default: a random one)")
     parser.add_argument(
         "--latency",
@@ -109,13 +76,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fault-rate",
-        type=_fraction_argument,
+        type=fraction,
         default=0.0,
         help="probability of a fault per request, spread evenly over a 5xx before the cancel, "
         "a 5xx after it and a dropped connection after it",
     )
     parser.add_argument(
-        "--rate-limit", type=_positive_argument, help="max cancels per second per account"
+        "--rate-limit", type=positive_float, help="max cancels per second per account"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument(
