@@ -29,6 +29,7 @@ from ._errors import (
     InvalidInputError,
     OrderNotFoundError,
     ResponseValidationError,
+    forget_traceback,
 )
 from ._logging import logger
 from ._models import StopOrder
@@ -73,8 +74,13 @@ class CancelOutcome(enum.StrEnum):
 _SUCCESS: Final = frozenset({CancelOutcome.CANCELLED, CancelOutcome.ALREADY_GONE})
 
 
-class CancelResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The result of cancelling one order in a bulk call."""
+class CancelResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The result of cancelling one order in a bulk call.
+
+    Not tracked by the garbage collector (its error is kept without its
+    traceback, so it can be in no reference cycle): a report of 100,000
+    results adds no work to the collections that pause the event loop.
+    """
 
     order_id: str
     account_id: str
@@ -338,6 +344,11 @@ class _BulkCancel:
     ) -> None:
         if job.result is not None:
             return
+        if error is not None:
+            forget_traceback(error)
+        if job.last_error is not None:
+            forget_traceback(job.last_error)
+            job.last_error = None
         result = job.result = CancelResult(
             order_id=job.order_id,
             account_id=job.account.account_id,

@@ -41,6 +41,7 @@ __all__ = [
     "RateLimitError",
     "ResponseValidationError",
     "ServerError",
+    "forget_traceback",
     "status_error",
 ]
 
@@ -217,3 +218,24 @@ def status_error(
         request_id=request_id,
         order_id=order_id,
     )
+
+
+def forget_traceback(err: BaseException) -> None:
+    """Drop the tracebacks of ``err`` and of the errors chained to it.
+
+    An error kept as a record (in a bulk result, or by tenacity between
+    attempts) holds its traceback, whose frames hold the locals that hold the
+    error: a reference cycle that only the garbage collector can free. A bulk
+    cancel against a failing exchange makes one per failed attempt, and they
+    live long enough to reach the oldest generation, whose collection stops
+    the event loop while it walks the application's whole heap. The messages,
+    statuses and chained causes stay.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        if current.__cause__ is not None:
+            forget_traceback(current.__cause__)
+        current = current.__context__

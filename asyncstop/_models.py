@@ -34,13 +34,14 @@ class OrderStatus(enum.StrEnum):
     REJECTED = "Rejected"
 
 
-class StopOrder(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class StopOrder(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=False):
     """The cancelled stop order, as the exchange returned it.
 
     Decimal strings are ``Decimal``, timestamps are timezone-aware ``datetime``
     (the exchange sends 7 fractional digits; they are rounded to microseconds).
     Every field except ``order_id`` may be ``None``: nullable in the docs, or
     missing or unreadable in a reply that nevertheless confirmed the cancel.
+    Holding only scalars, it is not tracked by the garbage collector.
     """
 
     order_id: str

@@ -28,7 +28,13 @@ from ._constants import (
     MAX_RETRY_DELAY,
     MIN_ATTEMPT_BUDGET,
 )
-from ._errors import APIConnectionError, APIStatusError, RateLimitError, ServerError
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    RateLimitError,
+    ServerError,
+    forget_traceback,
+)
 from ._logging import logger
 
 __all__ = [
@@ -131,6 +137,9 @@ class RetryPolicy:
         assert state.outcome is not None
         err = state.outcome.exception()
         assert err is not None
+        # tenacity keeps the failed attempt's error for the whole backoff sleep;
+        # its traceback would tie it in a cycle with tenacity's own frames.
+        forget_traceback(err)
         return self.wait_for(err, state.attempt_number)
 
     async def call(
@@ -163,7 +172,12 @@ class RetryPolicy:
             stop=_Stop(self.max_retries + 1, self.max_retry_after, deadline_at),
             sleep=sleep,
         )
-        return await retrying(run)
+        try:
+            return await retrying(run)
+        finally:
+            # Its last actions are bound methods of the controller itself: a
+            # cycle per retried order that only the garbage collector would free.
+            retrying.iter_state.reset()
 
 
 class _Stop(stop_base):

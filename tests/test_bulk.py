@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -323,3 +324,30 @@ async def test_a_failing_source_still_reports_what_it_gave(
     assert report.counts[CancelOutcome.CANCELLED] == 3
     assert isinstance(report.source_error, ConnectionError)
     assert not report.ok
+
+
+async def test_a_failing_exchange_leaves_no_reference_cycles(exchange: FakeExchange) -> None:
+    """Retries and errors leave no cyclic garbage, so the bot's loop meets no long GC pause."""
+    ids = exchange.add_stop_orders(300, account_id=ACCOUNT)
+    exchange.faults = Faults(error_before=0.2, error_after=0.1)
+    exchange.inject_for(ids[0], *[Fault.error(503)] * 4)
+    exchange.inject_for(ids[1], Fault.error(400))
+    async with asyncstop.AsyncStopClient(
+        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT
+    ) as client:
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            report = await client.cancel_stop_orders(ids, concurrency=16)
+            gc.collect()
+            garbage = len(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert report.results[0].outcome is CancelOutcome.UNKNOWN
+    assert "HTTP 503" in str(report.results[0].error)
+    assert report.results[1].outcome is CancelOutcome.FAILED
+    assert sum(r.attempts for r in report.results) > 300  # the faults did fire
+    assert garbage == 0
+    assert not gc.is_tracked(report.results[2])
+    assert not gc.is_tracked(report.results[2].order)
