@@ -228,7 +228,8 @@ class _BulkCancel:
 
     def add(self, item: object) -> None:
         """Queue one input item (validated already, or raising InvalidInputError)."""
-        account_id, order_id = self.split(item)
+        account, order_id = self.split(item)
+        account_id = account.account_id
         key = (account_id, order_id)
         job = self.jobs.get(key)
         if job is not None:
@@ -237,7 +238,6 @@ class _BulkCancel:
             if job.result is not None:
                 self.report(job.result)
             return
-        account = self.client._account(account_id)
         lane = self.lanes.get(account_id)
         if lane is None:
             limiter = self.client._limiter_for(account_id, self.rate_limit)
@@ -250,25 +250,25 @@ class _BulkCancel:
             lane.workers += 1
             self.task_group.create_task(self.work(lane))
 
-    def split(self, item: object) -> tuple[str, str]:
+    def split(self, item: object) -> tuple[Account, str]:
+        """The (validated) account and order id of an input item."""
         if isinstance(item, str):
-            account_id = self.client.account_id
-            if account_id is None:
+            if self.client.account_id is None:
                 raise InvalidInputError(
                     f"order {item!r} has no account: give (account_id, order_id) pairs "
                     "or set account_id on the client"
                 )
-            return account_id, check_order_id(item)
+            return self.client._account(None), check_order_id(item)
         if isinstance(item, tuple) and len(item) == 2:
             account_id, order_id = item
-            self.client._account(account_id)  # validates the account id
-            return account_id, check_order_id(order_id)
+            return self.client._account(account_id), check_order_id(order_id)
         raise InvalidInputError(
             f"each order must be an order id str or an (account_id, order_id) tuple, not {item!r}"
         )
 
     def add_invalid(self, item: object, err: InvalidInputError) -> None:
         """Record an invalid item from a streaming source as failed, with nothing sent."""
+        forget_traceback(err)  # the result is not GC-tracked: it must be in no cycle
         order_id = item if isinstance(item, str) else repr(item)
         account_id = ""
         if isinstance(item, tuple) and len(item) == 2:

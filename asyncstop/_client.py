@@ -340,7 +340,7 @@ class AsyncStopClient:
                     "no account id: pass account_id= to the call or to AsyncStopClient"
                 )
             account_id = self.account_id
-        account = self._accounts.get(account_id)
+        account = self._accounts.get(account_id) if isinstance(account_id, str) else None
         if account is None:
             account = self._accounts[check_account_id(account_id)] = Account(account_id)
         return account

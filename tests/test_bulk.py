@@ -264,7 +264,16 @@ async def test_orders_of_several_accounts_in_one_call(exchange: FakeExchange) ->
 
 @pytest.mark.parametrize(
     "bad_item",
-    ["a/b", ("acc", "x y"), ("acc\n", "X"), 42, ("only-one",), ("a", "b", "c"), None],
+    [
+        "a/b",
+        ("acc", "x y"),
+        ("acc\n", "X"),
+        (["acc"], "X"),
+        42,
+        ("only-one",),
+        ("a", "b", "c"),
+        None,
+    ],
 )
 async def test_an_invalid_item_in_a_list_refuses_the_whole_call(
     exchange: FakeExchange, client: asyncstop.AsyncStopClient, bad_item: object
