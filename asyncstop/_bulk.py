@@ -417,14 +417,12 @@ async def run_bulk_cancel(
     on_result: Callable[[CancelResult], object] | None,
 ) -> CancelReport:
     """Implement :meth:`AsyncStopClient.cancel_stop_orders`."""
-    if concurrency is None:
+    check_bulk_settings(deadline=deadline, concurrency=concurrency, rate_limit=rate_limit)
+    if concurrency is None or (client._owns_session and concurrency > client.max_concurrency):
+        # More workers than pooled connections would wait for a connection
+        # inside aiohttp with their attempt timeout running, and could time
+        # out without sending anything.
         concurrency = client.max_concurrency
-    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-        raise InvalidInputError(f"concurrency must be an int >= 1, not {concurrency!r}")
-    if deadline is not None and not deadline >= 0:
-        raise InvalidInputError(f"deadline must be >= 0 seconds or None, not {deadline!r}")
-    if rate_limit is not None and not rate_limit > 0:
-        raise InvalidInputError(f"rate_limit must be > 0 requests/s or None, not {rate_limit!r}")
     loop = asyncio.get_running_loop()
     started = loop.time()
     bulk = _BulkCancel(
@@ -458,6 +456,20 @@ async def run_bulk_cancel(
     if logger.isEnabledFor(logging.INFO):
         logger.info("bulk cancel done: %r", report)
     return report
+
+
+def check_bulk_settings(
+    *, deadline: float | None, concurrency: int | None, rate_limit: float | None
+) -> None:
+    """Refuse bad bulk-cancel settings with InvalidInputError."""
+    if concurrency is not None and (
+        not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1
+    ):
+        raise InvalidInputError(f"concurrency must be an int >= 1, not {concurrency!r}")
+    if deadline is not None and not deadline >= 0:
+        raise InvalidInputError(f"deadline must be >= 0 seconds or None, not {deadline!r}")
+    if rate_limit is not None and not rate_limit > 0:
+        raise InvalidInputError(f"rate_limit must be > 0 requests/s or None, not {rate_limit!r}")
 
 
 def _iterate(orders: Iterable[object]) -> Iterator[object]:

@@ -221,6 +221,10 @@ class AsyncStopClient:
             await session.close()
 
     @property
+    def _owns_session(self) -> bool:
+        return self._user_session is None
+
+    @property
     def is_closed(self) -> bool:
         """True once :meth:`aclose` has run."""
         return self._state is _State.CLOSED
@@ -276,7 +280,8 @@ class AsyncStopClient:
         whole call (None: none); the call returns by then, with orders still in
         flight reported ``unknown`` and orders never sent ``not_sent``.
         ``concurrency`` bounds the requests in flight (default: the client's
-        ``max_concurrency``), shared fairly between accounts. ``rate_limit``
+        ``max_concurrency``, which also caps it unless you passed your own
+        session), shared fairly between accounts. ``rate_limit``
         overrides the client's per-account pacing for this call.
         ``on_result`` is called once per input item as soon as its result is
         final, including, when the caller cancels the call, for every item

@@ -8,7 +8,7 @@ import signal
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, TypeAlias
 
-from ._errors import InvalidInputError
+from ._bulk import check_bulk_settings
 from ._logging import logger
 from ._validation import check_account_id, check_order_id
 
@@ -108,8 +108,8 @@ class KillSwitch:
         rate_limit: float | None = None,
         on_result: Callable[[CancelResult], object] | None = None,
     ) -> None:
-        if deadline is not None and not deadline >= 0:
-            raise InvalidInputError(f"deadline must be >= 0 seconds or None, not {deadline!r}")
+        # Refused now, not when the switch fires in an emergency.
+        check_bulk_settings(deadline=deadline, concurrency=concurrency, rate_limit=rate_limit)
         self.client = client
         self.source = source
         self.deadline = deadline

@@ -360,3 +360,15 @@ async def test_a_failing_exchange_leaves_no_reference_cycles(exchange: FakeExcha
     assert garbage == 0
     assert not gc.is_tracked(report.results[2])
     assert not gc.is_tracked(report.results[2].order)
+
+
+async def test_concurrency_is_capped_at_the_pool_it_owns(exchange: FakeExchange) -> None:
+    """More concurrency than the connection pool gets the pool's size, not waits that time out."""
+    ids = exchange.add_stop_orders(60, account_id=ACCOUNT)
+    exchange.faults = Faults(latency=0.01)
+    async with asyncstop.AsyncStopClient(
+        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_concurrency=4
+    ) as client:
+        report = await client.cancel_stop_orders(ids, concurrency=50)
+    assert report.ok
+    assert exchange.max_in_flight == 4

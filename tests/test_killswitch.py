@@ -174,6 +174,16 @@ def test_registry_validates_and_forgets() -> None:
     assert repr(registry) == "<StopOrderRegistry 1 orders>"
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"), [("concurrency", 0), ("deadline", -1.0), ("rate_limit", 0.0)]
+)
+def test_bad_settings_are_refused_when_the_switch_is_built(setting: str, value: float) -> None:
+    """A kill switch with an impossible setting fails at construction, not when it fires."""
+    client = asyncstop.AsyncStopClient(base_url="https://broker.example", token=TOKEN)
+    with pytest.raises(ValueError, match=setting):
+        KillSwitch(client, StopOrderRegistry(), **{setting: value})  # type: ignore[arg-type]
+
+
 def test_kill_switch_needs_no_loop_to_build() -> None:
     """A KillSwitch and registry can be built before any loop runs."""
     client = asyncstop.AsyncStopClient(base_url="https://broker.example", token=TOKEN)
