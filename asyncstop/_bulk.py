@@ -73,6 +73,10 @@ class CancelOutcome(enum.StrEnum):
 
 _SUCCESS: Final = frozenset({CancelOutcome.CANCELLED, CancelOutcome.ALREADY_GONE})
 
+#: Taking in or reporting on a long list yields to the event loop after this
+#: many items, so that 100,000 orders do not stall the caller's other tasks.
+YIELD_EVERY: Final = 1000
+
 
 class CancelResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The result of cancelling one order in a bulk call.
@@ -386,7 +390,7 @@ class _BulkCancel:
                     )
                 self.settle(job, CancelOutcome.UNKNOWN, None, error)
 
-    def results(self) -> list[CancelResult]:
+    async def results(self) -> list[CancelResult]:
         out: list[CancelResult] = []
         for index, job in enumerate(self.items):
             if job is None:
@@ -394,6 +398,8 @@ class _BulkCancel:
             else:
                 assert job.result is not None
                 out.append(job.result)
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
         return out
 
     async def run(self, source: AsyncIterable[object] | None) -> None:
@@ -438,11 +444,7 @@ async def run_bulk_cancel(
     elif isinstance(orders, str | bytes):
         raise InvalidInputError("orders must be a collection of order ids, not a single str")
     else:
-        for index, item in enumerate(_iterate(orders)):
-            try:
-                bulk.add(item)
-            except InvalidInputError as err:
-                raise InvalidInputError(f"orders[{index}]: {err}") from None
+        await _take_list(bulk, orders)
     try:
         await bulk.run(source)
     except TimeoutError:
@@ -452,7 +454,7 @@ async def run_bulk_cancel(
     except BaseException:
         bulk.settle_interrupted("the call was cancelled")
         raise
-    report = CancelReport(bulk.results(), loop.time() - started, bulk.source_error)
+    report = CancelReport(await bulk.results(), loop.time() - started, bulk.source_error)
     if logger.isEnabledFor(logging.INFO):
         logger.info("bulk cancel done: %r", report)
     return report
@@ -470,6 +472,32 @@ def check_bulk_settings(
         raise InvalidInputError(f"deadline must be >= 0 seconds or None, not {deadline!r}")
     if rate_limit is not None and not rate_limit > 0:
         raise InvalidInputError(f"rate_limit must be > 0 requests/s or None, not {rate_limit!r}")
+
+
+async def _take_list(bulk: _BulkCancel, orders: Iterable[object]) -> None:
+    """Validate and queue every item before anything is sent, yielding now and then.
+
+    If the caller cancels meanwhile, the rest is still taken (without
+    yielding) so that every item is reported ``not_sent`` before the
+    cancellation propagates.
+    """
+    cancelled = False
+    for index, item in enumerate(_iterate(orders)):
+        try:
+            bulk.add(item)
+        except InvalidInputError as err:
+            if cancelled:
+                bulk.add_invalid(item, err)
+                continue
+            raise InvalidInputError(f"orders[{index}]: {err}") from None
+        if not cancelled and index % YIELD_EVERY == YIELD_EVERY - 1:
+            try:
+                await asyncio.sleep(0)  # a long list must not block the caller's loop
+            except asyncio.CancelledError:
+                cancelled = True
+    if cancelled:
+        bulk.settle_interrupted("the call was cancelled")
+        raise asyncio.CancelledError
 
 
 def _iterate(orders: Iterable[object]) -> Iterator[object]:

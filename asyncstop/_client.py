@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 import aiohttp
 from aiolimiter import AsyncLimiter
+from yarl import URL
 
 from ._bulk import run_bulk_cancel
 from ._call import Account, CancelCall, DeadlinePassed
@@ -149,6 +150,11 @@ class AsyncStopClient:
             total=self.timeout.total, connect=self.timeout.connect
         )
         self._url_prefix = self.base_url + STOP_ORDERS_PATH
+        # Each request's URL is built from this parsed prefix with encoded=True:
+        # order ids are checked to need no quoting, and aiohttp then skips
+        # parsing a string per request (about 2.4 us of a 72 us cancel).
+        self._url_root = URL(self._url_prefix)
+        self._url_path = self._url_root.raw_path
         self._user_session = session
         self._session: aiohttp.ClientSession | None = None
         self._state = _State.UNOPENED
@@ -470,7 +476,7 @@ class AsyncStopClient:
         try:
             async with session.request(
                 "DELETE",
-                self._url_prefix + order_id,
+                self._url_root.with_path(self._url_path + order_id, encoded=True),
                 headers=call.account.headers,
                 allow_redirects=False,
                 timeout=limits,

@@ -372,3 +372,21 @@ async def test_concurrency_is_capped_at_the_pool_it_owns(exchange: FakeExchange)
         report = await client.cancel_stop_orders(ids, concurrency=50)
     assert report.ok
     assert exchange.max_in_flight == 4
+
+
+async def test_a_long_list_does_not_block_the_loop_and_cancelling_its_intake_reports_all(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """Taking in 5,000 ids yields to the loop; cancelled then, every id is reported not_sent."""
+    ids = [f"ID{i}" for i in range(5000)]
+    seen: list[asyncstop.CancelResult] = []
+    task = asyncio.create_task(client.cancel_stop_orders(ids, on_result=seen.append))
+    await asyncio.sleep(0)  # the call starts taking in the list...
+    await asyncio.sleep(0)  # ...and yields back to this task before it is done
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(seen) == 5000
+    assert {r.outcome for r in seen} == {CancelOutcome.NOT_SENT}
+    assert exchange.journal == []
