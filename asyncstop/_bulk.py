@@ -121,6 +121,8 @@ class CancelReport:
         results: list[CancelResult],
         elapsed: float,
         source_error: Exception | None = None,
+        *,
+        counts: dict[CancelOutcome, int] | None = None,
     ) -> None:
         #: One result per input item, in input order (duplicates share a result).
         self.results: Final = results
@@ -129,9 +131,10 @@ class CancelReport:
         #: The exception that ended an iterator or async source early, if one did:
         #: the results then cover only the orders it gave before failing.
         self.source_error: Final = source_error
-        counts = dict.fromkeys(CancelOutcome, 0)
-        for result in results:
-            counts[result.outcome] += 1
+        if counts is None:
+            counts = dict.fromkeys(CancelOutcome, 0)
+            for result in results:
+                counts[result.outcome] += 1
         self._counts = counts
 
     @property
@@ -390,17 +393,18 @@ class _BulkCancel:
                     )
                 self.settle(job, CancelOutcome.UNKNOWN, None, error)
 
-    async def results(self) -> list[CancelResult]:
-        out: list[CancelResult] = []
+    async def build_report(self, elapsed: float) -> CancelReport:
+        """The report, built in slices so that a long one does not stall the loop."""
+        results: list[CancelResult] = []
+        counts = dict.fromkeys(CancelOutcome, 0)
         for index, job in enumerate(self.items):
-            if job is None:
-                out.append(self.invalid[index])
-            else:
-                assert job.result is not None
-                out.append(job.result)
+            result = self.invalid[index] if job is None else job.result
+            assert result is not None
+            results.append(result)
+            counts[result.outcome] += 1
             if index % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-        return out
+        return CancelReport(results, elapsed, self.source_error, counts=counts)
 
     async def run(self, source: AsyncIterable[object] | None) -> None:
         async with asyncio.timeout_at(self.deadline_at), asyncio.TaskGroup() as tg:
@@ -454,7 +458,7 @@ async def run_bulk_cancel(
     except BaseException:
         bulk.settle_interrupted("the call was cancelled")
         raise
-    report = CancelReport(await bulk.results(), loop.time() - started, bulk.source_error)
+    report = await bulk.build_report(loop.time() - started)
     if logger.isEnabledFor(logging.INFO):
         logger.info("bulk cancel done: %r", report)
     return report
