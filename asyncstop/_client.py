@@ -315,8 +315,10 @@ class AsyncStopClient:
         token or the account header. HEAD is a safe method: it changes nothing on
         the exchange, and any answer (even 404 or 405) leaves an open connection
         in the pool, so a kill switch that fires later skips the TCP and TLS
-        handshakes. The server's keep-alive timeout still applies: warm up again
-        if the client idles longer than that.
+        handshakes, provided the exchange keeps the connection open after its
+        answer (a HEAD answered without ``Content-Length`` or with
+        ``Connection: close`` ends it). The server's keep-alive timeout still
+        applies: warm up again if the client idles longer than that.
         """
         session = self._require_open()
         count = self.max_concurrency if connections is None else connections

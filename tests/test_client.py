@@ -551,3 +551,28 @@ def test_aiohttp_still_has_the_private_resend_switch() -> None:
             return isinstance(getattr(session, "_retry_connection", None), bool)
 
     assert asyncio.run(probe())
+
+
+async def test_a_burst_after_warm_up_needs_no_new_connection(exchange: FakeExchange) -> None:
+    """After warm_up(8), eight concurrent cancels reuse the warmed connections: none is opened."""
+    ids = exchange.add_stop_orders(8, account_id=ACCOUNT)
+    opened = 0
+
+    async def count_new_connection(*_: object) -> None:
+        nonlocal opened
+        opened += 1
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_connection_create_end.append(count_new_connection)
+    connector = aiohttp.TCPConnector(limit=8)
+    async with (
+        aiohttp.ClientSession(connector=connector, trace_configs=[tracing]) as session,
+        asyncstop.AsyncStopClient(
+            base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, session=session
+        ) as client,
+    ):
+        assert await client.warm_up(8) == 8
+        assert opened == 8
+        report = await client.cancel_stop_orders(ids, concurrency=8)
+    assert report.ok
+    assert opened == 8

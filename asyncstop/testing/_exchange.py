@@ -574,7 +574,10 @@ class FakeExchange:
     def _other_method(self, entry: JournalEntry) -> web.StreamResponse:
         if entry.method == "HEAD":
             # The client's warm_up(): an answer that opens and keeps the connection.
-            status, outcome, response = 200, Outcome.WARM_UP, web.Response()
+            # An explicit Content-Length: without it aiohttp's server closes
+            # the connection after a HEAD, and warm-up would keep nothing open.
+            status, outcome = 200, Outcome.WARM_UP
+            response = web.Response(headers={"Content-Length": "0"})
         else:
             status, outcome = 405, Outcome.METHOD_NOT_ALLOWED
             response = web.Response(status=405, headers={"Allow": "DELETE, HEAD"})
