@@ -14,12 +14,20 @@ from asyncstop.testing import FakeExchange
 #: Recognisable, so that a leak is easy to find in any text.
 TOKEN = "SECRET-TOKEN-3f9a1c"
 ACCOUNT = "acc-1"
+#: How long after a 429 a request may still arrive without counting as sent
+#: inside the pause: the client may have sent it before it could read the 429.
+#: The fake exchange shares this process, so a garbage-collector pass or a
+#: scheduling stall of a shared 2-core machine (measured: up to ~25 ms) delays
+#: both. Every test that checks pauses asks for a Retry-After of at least
+#: 0.25 s, so its window still catches a client that ignores pauses: one
+#: retrying 429s at once sent over 8,000 requests inside them.
+PAUSE_GRACE = 0.1
 
 
 @pytest.fixture
 async def exchange() -> AsyncIterator[FakeExchange]:
     """A fake exchange that accepts TOKEN, with no faults."""
-    async with FakeExchange(tokens={TOKEN}, seed=1) as fake:
+    async with FakeExchange(tokens={TOKEN}, seed=1, pause_grace=PAUSE_GRACE) as fake:
         yield fake
 
 

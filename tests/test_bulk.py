@@ -13,7 +13,7 @@ import asyncstop
 from asyncstop import CancelOutcome
 from asyncstop.testing import FakeExchange, Fault, Faults
 
-from .conftest import ACCOUNT, TOKEN, client_tasks
+from .conftest import ACCOUNT, PAUSE_GRACE, TOKEN, client_tasks
 
 
 def requests_per_order(exchange: FakeExchange) -> Counter[str | None]:
@@ -161,7 +161,9 @@ async def test_a_zero_deadline_sends_nothing(
 
 async def test_a_429_pauses_every_worker_of_the_account() -> None:
     """After a 429 with Retry-After, no request of that account arrives in the pause."""
-    async with FakeExchange(tokens={TOKEN}, seed=3, faults=Faults(latency=0.002)) as exchange:
+    async with FakeExchange(
+        tokens={TOKEN}, seed=3, faults=Faults(latency=0.002), pause_grace=PAUSE_GRACE
+    ) as exchange:
         ids = exchange.add_stop_orders(200, account_id=ACCOUNT)
         exchange.inject_for(ids[20], Fault.rate_limited(retry_after="0.3"))
         async with asyncstop.AsyncStopClient(
@@ -172,7 +174,9 @@ async def test_a_429_pauses_every_worker_of_the_account() -> None:
         limited = [e for e in exchange.journal if e.status == 429]
         assert len(limited) == 1
         pause_end = limited[0].done_time + 0.3
-        late = [e for e in exchange.journal if limited[0].done_time + 0.02 <= e.time < pause_end]
+        late = [
+            e for e in exchange.journal if limited[0].done_time + PAUSE_GRACE <= e.time < pause_end
+        ]
         assert late == []
         assert exchange.pause_violations == []
         # Without the pause, 16 workers would have sent many requests in those 0.3 s.
@@ -182,7 +186,12 @@ async def test_a_429_pauses_every_worker_of_the_account() -> None:
 async def test_rate_limit_keeps_the_call_under_the_exchanges_limit() -> None:
     """rate_limit= at the exchange's limit gets no 429, where the same call without it does."""
     async with FakeExchange(
-        tokens={TOKEN}, seed=4, rate_limit=200, rate_limit_burst=5, retry_after=0.05
+        tokens={TOKEN},
+        seed=4,
+        rate_limit=200,
+        rate_limit_burst=5,
+        retry_after=0.25,
+        pause_grace=PAUSE_GRACE,
     ) as exchange:
         ids = exchange.add_stop_orders(120, account_id=ACCOUNT)
         async with asyncstop.AsyncStopClient(

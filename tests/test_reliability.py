@@ -12,7 +12,7 @@ import asyncstop
 from asyncstop import CancelOutcome
 from asyncstop.testing import FakeExchange, Faults, LongTailLatency
 
-from .conftest import TOKEN
+from .conftest import PAUSE_GRACE, TOKEN
 
 SUCCESS = {CancelOutcome.CANCELLED, CancelOutcome.ALREADY_GONE}
 
@@ -52,7 +52,12 @@ async def test_two_thousand_orders_under_every_fault() -> None:
         latency=LongTailLatency(median=0.002, p99=0.03, max=0.2),
     )
     async with FakeExchange(
-        tokens={TOKEN}, seed=2026, faults=faults, rate_limit=400, retry_after=0.05
+        tokens={TOKEN},
+        seed=2026,
+        faults=faults,
+        rate_limit=400,
+        retry_after=0.25,
+        pause_grace=PAUSE_GRACE,
     ) as exchange:
         items = [("acc-1", i) for i in exchange.add_stop_orders(1000, account_id="acc-1")]
         items += [("acc-2", i) for i in exchange.add_stop_orders(1000, account_id="acc-2")]
