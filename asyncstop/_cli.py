@@ -955,11 +955,14 @@ async def _demo(args: argparse.Namespace) -> int:
             known = last.get(order_id)
             why = "never reported" if known is None else _describe_pending(known)
             print(f"  still live: {order_id}: reported {why}", file=out)
+    # With several triggers the first stopped at its deadline: only the total
+    # time covers every order, so only it compares with the bound.
+    elapsed = first.elapsed if len(reports) == 1 else took
     print(
-        f"Time: {first.elapsed:.2f} s for {total:,} orders"
-        + (f" ({took:.2f} s over {len(reports)} triggers)" if len(reports) > 1 else "")
+        f"Time: {elapsed:.2f} s for {total:,} orders"
+        + (f" over {len(reports)} triggers" if len(reports) > 1 else "")
         + f"; the bound that latency and concurrency allow is ceil({total}/{concurrency}) x "
-        f"{_DEMO_MEDIAN_LATENCY * ms:.0f} ms = {bound:.2f} s ({first.elapsed / bound:.1f}x).",
+        f"{_DEMO_MEDIAN_LATENCY * ms:.0f} ms = {bound:.2f} s ({elapsed / bound:.1f}x).",
         file=out,
     )
     if live:
