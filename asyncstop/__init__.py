@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-from ._bulk import CancelOutcome, CancelReport, CancelResult, OrderItem
-from ._client import AsyncStopClient, Timeout, TokenProvider
+from ._auth import TokenProvider
+from ._client import AsyncStopClient
 from ._constants import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_CONCURRENCY,
@@ -35,6 +35,8 @@ from ._errors import (
 )
 from ._killswitch import KillSwitch, OrderSource, StopOrderRegistry
 from ._models import OrderStatus, StopOrder
+from ._report import CancelOutcome, CancelReport, CancelResult, OrderItem
+from ._transport import Timeout
 
 __version__ = "0.1.0"
 

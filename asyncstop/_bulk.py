@@ -13,15 +13,12 @@ sent: ``unknown``).
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final
 
-import msgspec
-
-from ._call import Account, CancelCall, DeadlinePassed
+from ._attempt import Canceller, Deadline, DeadlinePassed, OrderCancel
 from ._errors import (
     APIError,
     APITimeoutError,
@@ -32,148 +29,24 @@ from ._errors import (
     forget_traceback,
 )
 from ._logging import logger
-from ._models import StopOrder
+from ._report import CancelOutcome, CancelReport, CancelResult, OrderItem
 from ._retry import is_retryable
-from ._validation import check_order_id
+from ._validation import check_bulk_settings, check_order_item
 
 if TYPE_CHECKING:
     from aiolimiter import AsyncLimiter
 
-    from ._client import AsyncStopClient
+    from ._account import Account
+    from ._models import StopOrder
 
-__all__ = ["CancelOutcome", "CancelReport", "CancelResult", "OrderItem"]
-
-#: An order id for the client's account, or an ``(account_id, order_id)`` pair.
-OrderItem = str | tuple[str, str]
-
-
-class CancelOutcome(enum.StrEnum):
-    """What became of one order in a bulk cancel."""
-
-    #: The exchange answered 2xx: the order is cancelled.
-    CANCELLED = "cancelled"
-    #: The exchange answered 404: the order does not exist or is no longer live
-    #: (on the first attempt, or after an attempt with an unknown outcome that
-    #: most likely cancelled it). Counts as success.
-    ALREADY_GONE = "already_gone"
-    #: A definitive refusal that retrying cannot change (400, 403, a 401 that a
-    #: fresh token did not cure, a redirect, an invalid id): the order may be live.
-    FAILED = "failed"
-    #: The last attempt's outcome is unknown (timeout, dropped connection, 5xx)
-    #: or the exchange kept asking to slow down (429), and retries or the
-    #: deadline ran out: the order may be live.
-    UNKNOWN = "unknown"
-    #: The deadline passed before any request for this order was sent: the
-    #: order is certainly still live.
-    NOT_SENT = "not_sent"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-_SUCCESS: Final = frozenset({CancelOutcome.CANCELLED, CancelOutcome.ALREADY_GONE})
+__all__ = ["run_bulk_cancel"]
 
 #: Taking in or reporting on a long list yields to the event loop after this
 #: many items, so that 100,000 orders do not stall the caller's other tasks.
 YIELD_EVERY: Final = 1000
 
 
-class CancelResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The result of cancelling one order in a bulk call.
-
-    Not tracked by the garbage collector (its error is kept without its
-    traceback, so it can be in no reference cycle): a report of 100,000
-    results adds no work to the collections that pause the event loop.
-    """
-
-    order_id: str
-    account_id: str
-    outcome: CancelOutcome
-    #: The order as the exchange returned it (``cancelled`` only; None when its
-    #: body could not be decoded, in which case ``error`` says why).
-    order: StopOrder | None = None
-    #: The last error, if any (for ``already_gone``, the 404 with its
-    #: ``after_unknown_attempt``).
-    error: AsyncStopError | None = None
-    #: Requests sent for this order.
-    attempts: int = 0
-    #: Seconds from the first attempt to the result (0 for ``not_sent``).
-    elapsed: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when the order is certainly no longer live (cancelled or already gone)."""
-        return self.outcome in _SUCCESS
-
-    @property
-    def activated(self) -> bool:
-        """True when the exchange reported the stop as already triggered when it was cancelled."""
-        return self.order is not None and self.order.activated
-
-
-class CancelReport:
-    """The results of one bulk cancel, one per input item, in input order."""
-
-    __slots__ = ("_counts", "elapsed", "results", "source_error")
-
-    def __init__(
-        self,
-        results: list[CancelResult],
-        elapsed: float,
-        source_error: Exception | None = None,
-        *,
-        counts: dict[CancelOutcome, int] | None = None,
-    ) -> None:
-        #: One result per input item, in input order (duplicates share a result).
-        self.results: Final = results
-        #: Seconds the whole call took.
-        self.elapsed: Final = elapsed
-        #: The exception that ended an iterator or async source early, if one did:
-        #: the results then cover only the orders it gave before failing.
-        self.source_error: Final = source_error
-        if counts is None:
-            counts = dict.fromkeys(CancelOutcome, 0)
-            for result in results:
-                counts[result.outcome] += 1
-        self._counts = counts
-
-    @property
-    def counts(self) -> dict[CancelOutcome, int]:
-        """How many input items ended in each outcome (every outcome is a key)."""
-        return dict(self._counts)
-
-    @property
-    def ok(self) -> bool:
-        """True when every order ended cancelled or already gone (and the source did not fail)."""
-        return self.source_error is None and self._counts[CancelOutcome.CANCELLED] + self._counts[
-            CancelOutcome.ALREADY_GONE
-        ] == len(self.results)
-
-    @property
-    def pending(self) -> list[CancelResult]:
-        """Results whose order may still be live (failed, unknown, not_sent), once per order."""
-        return _unique(r for r in self.results if r.outcome not in _SUCCESS)
-
-    @property
-    def activated(self) -> list[CancelResult]:
-        """Cancelled orders whose stop had already triggered: they may have left a live order."""
-        return _unique(r for r in self.results if r.activated)
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-    def __repr__(self) -> str:
-        counts = ", ".join(f"{k.value}={v}" for k, v in self._counts.items() if v)
-        return (
-            f"<CancelReport {len(self.results)} orders in {self.elapsed:.3f}s: {counts or 'none'}>"
-        )
-
-
-def _unique(results: Iterable[CancelResult]) -> list[CancelResult]:
-    return list({id(r): r for r in results}.values())
-
-
-class _Job(CancelCall):
+class _Job(OrderCancel):
     """One distinct (account, order) of a bulk call, and how many input items name it."""
 
     __slots__ = ("occurrences", "result", "started_at")
@@ -182,13 +55,11 @@ class _Job(CancelCall):
         self,
         account: Account,
         order_id: str,
-        deadline_at: float | None,
+        deadline: Deadline,
         semaphore: asyncio.Semaphore,
         limiter: AsyncLimiter | None,
     ) -> None:
-        super().__init__(
-            account, order_id, deadline_at=deadline_at, semaphore=semaphore, limiter=limiter
-        )
+        super().__init__(account, order_id, deadline=deadline, semaphore=semaphore, limiter=limiter)
         self.occurrences = 1
         self.result: CancelResult | None = None
         self.started_at = 0.0
@@ -197,9 +68,10 @@ class _Job(CancelCall):
 class _Lane:
     """The queued jobs of one account and the workers serving them."""
 
-    __slots__ = ("limiter", "queue", "workers")
+    __slots__ = ("account", "limiter", "queue", "workers")
 
-    def __init__(self, limiter: AsyncLimiter | None) -> None:
+    def __init__(self, account: Account, limiter: AsyncLimiter | None) -> None:
+        self.account = account
         self.queue: deque[_Job] = deque()
         self.workers = 0
         self.limiter = limiter
@@ -208,16 +80,18 @@ class _Lane:
 class _BulkCancel:
     def __init__(
         self,
-        client: AsyncStopClient,
+        canceller: Canceller,
         *,
-        deadline_at: float | None,
+        default_account_id: str | None,
+        deadline: Deadline,
         concurrency: int,
         rate_limit: float | None,
         on_result: Callable[[CancelResult], object] | None,
     ) -> None:
-        self.client = client
+        self.canceller = canceller
+        self.default_account_id = default_account_id
         self.loop = asyncio.get_running_loop()
-        self.deadline_at = deadline_at
+        self.deadline = deadline
         self.concurrency = concurrency
         self.rate_limit = rate_limit
         self.on_result = on_result
@@ -235,9 +109,7 @@ class _BulkCancel:
 
     def add(self, item: object) -> None:
         """Queue one input item (validated already, or raising InvalidInputError)."""
-        account, order_id = self.split(item)
-        account_id = account.account_id
-        key = (account_id, order_id)
+        key = account_id, order_id = check_order_item(item, self.default_account_id)
         job = self.jobs.get(key)
         if job is not None:
             job.occurrences += 1
@@ -247,31 +119,15 @@ class _BulkCancel:
             return
         lane = self.lanes.get(account_id)
         if lane is None:
-            limiter = self.client._limiter_for(account_id, self.rate_limit)
-            lane = self.lanes[account_id] = _Lane(limiter)
-        job = _Job(account, order_id, self.deadline_at, self.semaphore, lane.limiter)
+            limiter = self.canceller.accounts.limiter(account_id, self.rate_limit)
+            lane = self.lanes[account_id] = _Lane(self.canceller.accounts.get(account_id), limiter)
+        job = _Job(lane.account, order_id, self.deadline, self.semaphore, lane.limiter)
         self.jobs[key] = job
         self.items.append(job)
         lane.queue.append(job)
         if self.task_group is not None and lane.workers < self.concurrency:
             lane.workers += 1
             self.task_group.create_task(self.work(lane))
-
-    def split(self, item: object) -> tuple[Account, str]:
-        """The (validated) account and order id of an input item."""
-        if isinstance(item, str):
-            if self.client.account_id is None:
-                raise InvalidInputError(
-                    f"order {item!r} has no account: give (account_id, order_id) pairs "
-                    "or set account_id on the client"
-                )
-            return self.client._account(None), check_order_id(item)
-        if isinstance(item, tuple) and len(item) == 2:
-            account_id, order_id = item
-            return self.client._account(account_id), check_order_id(order_id)
-        raise InvalidInputError(
-            f"each order must be an order id str or an (account_id, order_id) tuple, not {item!r}"
-        )
 
     def add_invalid(self, item: object, err: InvalidInputError) -> None:
         """Record an invalid item from a streaming source as failed, with nothing sent."""
@@ -316,7 +172,7 @@ class _BulkCancel:
         order: StopOrder | None = None
         error: AsyncStopError | None = None
         try:
-            order = await self.client._cancel(job)
+            order = await self.canceller.cancel(job)
             outcome = CancelOutcome.CANCELLED
         except OrderNotFoundError as err:
             outcome, error = CancelOutcome.ALREADY_GONE, err
@@ -407,7 +263,7 @@ class _BulkCancel:
         return CancelReport(results, elapsed, self.source_error, counts=counts)
 
     async def run(self, source: AsyncIterable[object] | None) -> None:
-        async with asyncio.timeout_at(self.deadline_at), asyncio.TaskGroup() as tg:
+        async with asyncio.timeout_at(self.deadline.at), asyncio.TaskGroup() as tg:
             self.task_group = tg
             for lane in self.lanes.values():
                 for _ in range(min(self.concurrency, len(lane.queue))):
@@ -418,26 +274,33 @@ class _BulkCancel:
 
 
 async def run_bulk_cancel(
-    client: AsyncStopClient,
+    canceller: Canceller,
     orders: Iterable[OrderItem] | AsyncIterable[OrderItem],
     *,
+    default_account_id: str | None,
+    pool_size: int,
+    cap_at_pool: bool,
     deadline: float | None,
     concurrency: int | None,
     rate_limit: float | None,
     on_result: Callable[[CancelResult], object] | None,
 ) -> CancelReport:
-    """Implement :meth:`AsyncStopClient.cancel_stop_orders`."""
+    """Cancel every order of ``orders`` through ``canceller`` and report each one.
+
+    ``pool_size`` is the default ``concurrency``, and its cap when ``cap_at_pool``.
+    """
     check_bulk_settings(deadline=deadline, concurrency=concurrency, rate_limit=rate_limit)
-    if concurrency is None or (client._owns_session and concurrency > client.max_concurrency):
+    if concurrency is None or (cap_at_pool and concurrency > pool_size):
         # More workers than pooled connections would wait for a connection
         # inside aiohttp with their attempt timeout running, and could time
         # out without sending anything.
-        concurrency = client.max_concurrency
+        concurrency = pool_size
     loop = asyncio.get_running_loop()
     started = loop.time()
     bulk = _BulkCancel(
-        client,
-        deadline_at=None if deadline is None else started + deadline,
+        canceller,
+        default_account_id=default_account_id,
+        deadline=Deadline(None if deadline is None else started + deadline),
         concurrency=concurrency,
         rate_limit=rate_limit,
         on_result=on_result,
@@ -458,24 +321,12 @@ async def run_bulk_cancel(
     except BaseException:
         bulk.settle_interrupted("the call was cancelled")
         raise
+    finally:
+        canceller.accounts.prune()
     report = await bulk.build_report(loop.time() - started)
     if logger.isEnabledFor(logging.INFO):
         logger.info("bulk cancel done: %r", report)
     return report
-
-
-def check_bulk_settings(
-    *, deadline: float | None, concurrency: int | None, rate_limit: float | None
-) -> None:
-    """Refuse bad bulk-cancel settings with InvalidInputError."""
-    if concurrency is not None and (
-        not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1
-    ):
-        raise InvalidInputError(f"concurrency must be an int >= 1, not {concurrency!r}")
-    if deadline is not None and not deadline >= 0:
-        raise InvalidInputError(f"deadline must be >= 0 seconds or None, not {deadline!r}")
-    if rate_limit is not None and not rate_limit > 0:
-        raise InvalidInputError(f"rate_limit must be > 0 requests/s or None, not {rate_limit!r}")
 
 
 async def _take_list(bulk: _BulkCancel, orders: Iterable[object]) -> None:

@@ -38,7 +38,7 @@ import msgspec
 from . import __version__
 from ._argtypes import count as count_arg
 from ._argtypes import positive_float
-from ._bulk import CancelOutcome, CancelReport, CancelResult
+from ._report import CancelOutcome, CancelReport, CancelResult
 from ._client import AsyncStopClient
 from ._constants import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from ._errors import InvalidInputError, OrderNotFoundError

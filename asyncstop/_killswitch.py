@@ -8,13 +8,12 @@ import signal
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, TypeAlias
 
-from ._bulk import check_bulk_settings
 from ._logging import logger
-from ._validation import check_account_id, check_order_id
+from ._validation import check_account_id, check_bulk_settings, check_order_id
 
 if TYPE_CHECKING:
-    from ._bulk import CancelReport, CancelResult, OrderItem
     from ._client import AsyncStopClient
+    from ._report import CancelReport, CancelResult, OrderItem
 
 __all__ = ["KillSwitch", "OrderSource", "StopOrderRegistry"]
 

@@ -26,7 +26,6 @@ from ._constants import (
     INITIAL_RETRY_DELAY,
     MAX_RATE_LIMITED_RETRIES,
     MAX_RETRY_DELAY,
-    MIN_ATTEMPT_BUDGET,
 )
 from ._errors import (
     APIConnectionError,
@@ -147,7 +146,7 @@ class RetryPolicy:
         attempt: Callable[[], Awaitable[T]],
         *,
         first_error: BaseException | None = None,
-        deadline_at: float | None = None,
+        may_wait: Callable[[float], bool] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> T:
         """Run ``attempt`` under this policy and return its result or raise its last error.
@@ -155,7 +154,8 @@ class RetryPolicy:
         ``first_error`` is the failure of an attempt the caller already made
         outside tenacity (the fast path of a bulk cancel): tenacity then starts
         by deciding on that error, so its attempt count still equals the
-        requests sent.
+        requests sent. ``may_wait(seconds)`` tells whether a retry after that
+        wait could still start before the caller's deadline.
         """
         pending_error = first_error
 
@@ -169,7 +169,7 @@ class RetryPolicy:
         # A copy per call: tenacity keeps per-call state in a threading.local,
         # which concurrent tasks on one loop would otherwise share.
         retrying = self._template.copy(
-            stop=_Stop(self.max_retries + 1, self.max_retry_after, deadline_at),
+            stop=_Stop(self.max_retries + 1, self.max_retry_after, may_wait),
             sleep=sleep,
         )
         try:
@@ -189,10 +189,12 @@ class _Stop(stop_base):
     ``MAX_RATE_LIMITED_RETRIES`` per order.
     """
 
-    def __init__(self, max_attempts: int, max_wait: float, deadline_at: float | None) -> None:
+    def __init__(
+        self, max_attempts: int, max_wait: float, may_wait: Callable[[float], bool] | None
+    ) -> None:
         self.max_attempts = max_attempts
         self.max_wait = max_wait
-        self.deadline_at = deadline_at
+        self.may_wait = may_wait
         self.rate_limited = 0
 
     def __call__(self, retry_state: RetryCallState) -> bool:
@@ -207,11 +209,9 @@ class _Stop(stop_base):
         if wait > self.max_wait:
             logger.debug("not retrying: the exchange asked for a %.3gs pause", wait)
             return True
-        if self.deadline_at is not None:
-            time_left = self.deadline_at - asyncio.get_running_loop().time()
-            if wait + MIN_ATTEMPT_BUDGET >= time_left:
-                logger.debug("not retrying: %.3gs wait would pass the deadline", wait)
-                return True
+        if self.may_wait is not None and not self.may_wait(wait):
+            logger.debug("not retrying: %.3gs wait would pass the deadline", wait)
+            return True
         return False
 
 

@@ -1,18 +1,33 @@
-"""Input checks that run before anything is sent.
+"""Every input rule, in one place, applied before anything is sent.
 
-An order id becomes one URL path segment and an account id becomes a header
-value, so anything that could change the URL or the headers is refused here.
+An order id becomes one URL path segment, an account id and a token become
+header values, and the base URL becomes every request's URL, so anything that
+could change the URL or the headers is refused here. Numbers are refused when
+they would make a call hang or misbehave (a bool where an int is meant, an
+infinite rate). Each public entry point calls these functions; nothing else
+decides what input is acceptable.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Final
 from urllib.parse import urlsplit
 
+from ._constants import STOP_ORDERS_PATH
 from ._errors import InvalidInputError
 
-__all__ = ["check_account_id", "check_base_url", "check_order_id", "check_token"]
+__all__ = [
+    "check_account_id",
+    "check_base_url",
+    "check_bulk_settings",
+    "check_count",
+    "check_order_id",
+    "check_order_item",
+    "check_seconds",
+    "check_token",
+]
 
 # RFC 3986 pchar without percent-encoding: unreserved, sub-delims, ":" and "@".
 # Everything else (/, ?, #, %, \, whitespace, control and non-ASCII characters)
@@ -22,6 +37,10 @@ _SAFE_SEGMENT: Final = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@]+")
 _SAFE_SEGMENT_CHAR: Final = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@]")
 # A header value must not hold CR, LF or any other control character.
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+# The first segment of the documented API path: a base URL that already holds it
+# would build /frontoffice/api/v3/frontoffice/api/v3/..., whose 404s look like
+# "order already gone".
+_API_ROOT: Final = "/" + STOP_ORDERS_PATH.strip("/").split("/", 1)[0] + "/"
 
 
 def check_order_id(order_id: object) -> str:
@@ -57,33 +76,114 @@ def check_account_id(account_id: object) -> str:
     return account_id
 
 
+def check_order_item(item: object, default_account_id: str | None) -> tuple[str, str]:
+    """Return the ``(account_id, order_id)`` an order item names.
+
+    An item is an order id (for ``default_account_id``) or an ``(account_id,
+    order_id)`` pair; anything else, or a bare id without a default account,
+    is refused.
+    """
+    if isinstance(item, str):
+        if default_account_id is None:
+            raise InvalidInputError(
+                f"order {item!r} has no account: give (account_id, order_id) pairs "
+                "or set account_id on the client"
+            )
+        return default_account_id, check_order_id(item)
+    if isinstance(item, tuple) and len(item) == 2:
+        return check_account_id(item[0]), check_order_id(item[1])
+    shown = repr(item) if len(repr(item)) <= 80 else repr(item)[:77] + "..."
+    raise InvalidInputError(
+        "each order must be an order id str or an (account_id, order_id) tuple, "
+        f"not {type(item).__name__} {shown}"
+    )
+
+
 def check_token(token: object) -> str:
     """Return ``token`` if it is usable in an Authorization header; never echo it."""
     if not isinstance(token, str):
         raise InvalidInputError(f"token must be a str, not {type(token).__name__}")
+    if token.strip().lower().startswith("bearer"):
+        # A common slip: asyncstop adds the "Bearer " scheme itself. Checked
+        # first, since the space after "Bearer" would otherwise hide the cause.
+        raise InvalidInputError('token must be the bare JWT, without the "Bearer " prefix')
     if not token or token.strip() != token or " " in token:
         raise InvalidInputError("token must be non-empty and contain no whitespace")
     if _CONTROL.search(token):
         raise InvalidInputError("token contains a control character (CR, LF, ...)")
-    if token.lower().startswith("bearer"):
-        # A common slip: asyncstop adds the "Bearer " scheme itself.
-        raise InvalidInputError('token must be the bare JWT, without the "Bearer " prefix')
     return token
 
 
 def check_base_url(base_url: object) -> str:
-    """Return ``base_url`` without a trailing slash if it is an http(s) URL with a host."""
+    """Return ``base_url`` without a trailing slash if it is an http(s) URL of the exchange's host.
+
+    Refused, each with the fix in the message: another scheme, no host, a bad
+    port, credentials, a query or a fragment (even an empty one), and a path
+    that already holds the API prefix.
+    """
     if not isinstance(base_url, str):
         raise InvalidInputError(f"base_url must be a str, not {type(base_url).__name__}")
     if _CONTROL.search(base_url) or " " in base_url:
-        raise InvalidInputError(f"base_url {base_url!r} contains whitespace or control characters")
+        raise InvalidInputError(
+            f"base_url {base_url!r} contains whitespace or control characters; remove them"
+        )
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https"):
         raise InvalidInputError(f"base_url {base_url!r} must start with https:// or http://")
     if not parts.hostname:
         raise InvalidInputError(f"base_url {base_url!r} has no host")
-    if parts.username or parts.password:
+    if "@" in parts.netloc:
         raise InvalidInputError("base_url must not carry credentials; pass token= instead")
-    if parts.query or parts.fragment:
-        raise InvalidInputError(f"base_url {base_url!r} must not have a query or fragment")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise InvalidInputError(
+            f"base_url {base_url!r} has an invalid port; use a number from 1 to 65535"
+        )
+    if "?" in base_url or "#" in base_url:
+        raise InvalidInputError(
+            f"base_url {base_url!r} must not have a query or fragment; "
+            "give only scheme://host[:port], e.g. https://api.example.com"
+        )
+    if _API_ROOT in parts.path.rstrip("/") + "/":
+        raise InvalidInputError(
+            f"base_url {base_url!r} already holds the API path; give only "
+            f"scheme://host[:port], asyncstop adds {STOP_ORDERS_PATH}{{orderId}} itself"
+        )
     return base_url.rstrip("/")
+
+
+def check_count(name: str, value: object, *, minimum: int) -> int:
+    """Return ``value`` if it is an int (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInputError(f"{name} must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite number > 0 (or >= 0 with ``allow_zero``).
+
+    Used for times and rates alike: an infinite rate or time makes a call wait
+    forever or never, and a bool is a slip, not a number.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError(f"{name} must be a number, not {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InvalidInputError(f"{name} must be a finite number {bound}, not {value!r}")
+    return number
+
+
+def check_bulk_settings(
+    *, deadline: float | None, concurrency: int | None, rate_limit: float | None
+) -> None:
+    """Refuse bad bulk-cancel settings (shared by the bulk call, the kill switch and the CLI)."""
+    if concurrency is not None:
+        check_count("concurrency", concurrency, minimum=1)
+    if deadline is not None:
+        check_seconds("deadline", deadline, allow_zero=True)
+    if rate_limit is not None:
+        check_seconds("rate_limit (requests/s)", rate_limit)

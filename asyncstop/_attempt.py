@@ -1,0 +1,219 @@
+"""One order's cancel across its attempts: turns, the 429 pause, token refresh, one deadline rule.
+
+:class:`Canceller` is the per-order engine. The single call and the bulk
+engine both go through it, so both honour the same account-wide 429 pause,
+rate limit, slow start, token refresh and retry policy. It is handed to the
+bulk engine as an object; it knows nothing of the client above it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final
+
+from ._account import Account, AccountBook
+from ._auth import Auth
+from ._constants import DEFAULT_RATE_LIMIT_PAUSE, MIN_ATTEMPT_BUDGET
+from ._errors import APIError, AuthenticationError, OrderNotFoundError, RateLimitError
+from ._logging import logger
+from ._models import StopOrder
+from ._retry import RetryPolicy, is_retryable, outcome_unknown
+from ._transport import Transport
+
+if TYPE_CHECKING:
+    from aiolimiter import AsyncLimiter
+
+__all__ = ["Canceller", "Deadline", "DeadlinePassed", "OrderCancel"]
+
+
+class DeadlinePassed(Exception):
+    """Internal: the deadline left no time for another attempt; nothing more was sent."""
+
+
+class Deadline:
+    """One absolute point in loop time (or none), and the one rule for what may still start.
+
+    An attempt may start only if at least ``MIN_ATTEMPT_BUDGET`` seconds are
+    left when it would start: with less, no answer could come back in time, and
+    not sending keeps the report exact (``not_sent`` rather than ``unknown``).
+    The same rule decides whether a wait (a backoff, a 429 pause) is worth it.
+    """
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float | None) -> None:
+        #: Loop time of the deadline; None: no deadline.
+        self.at: Final = at
+
+    def time_left(self) -> float | None:
+        """Seconds left (may be negative), or None without a deadline."""
+        if self.at is None:
+            return None
+        return self.at - asyncio.get_running_loop().time()
+
+    def allows(self, wait: float = 0.0) -> bool:
+        """True if an attempt started ``wait`` seconds from now would still be in time."""
+        left = self.time_left()
+        return left is None or left - wait >= MIN_ATTEMPT_BUDGET
+
+    def __repr__(self) -> str:
+        return f"<Deadline at={self.at!r}>"
+
+
+#: No deadline at all (the single-order call, bounded by the caller's own timeout).
+NO_DEADLINE: Final = Deadline(None)
+
+
+class OrderCancel:
+    """One order's cancel across all its attempts: what was sent and what came back."""
+
+    __slots__ = (
+        "account",
+        "attempts",
+        "auth_refreshed",
+        "deadline",
+        "last_error",
+        "limiter",
+        "order_id",
+        "semaphore",
+        "unknown_seen",
+    )
+
+    def __init__(
+        self,
+        account: Account,
+        order_id: str,
+        *,
+        deadline: Deadline = NO_DEADLINE,
+        semaphore: asyncio.Semaphore | None = None,
+        limiter: AsyncLimiter | None = None,
+    ) -> None:
+        self.account = account
+        self.order_id = order_id
+        self.deadline = deadline
+        self.semaphore = semaphore
+        self.limiter = limiter
+        #: Requests sent for this order so far.
+        self.attempts = 0
+        #: True once an attempt ended with an unknown outcome (it may have cancelled).
+        self.unknown_seen = False
+        self.auth_refreshed = False
+        #: The error of the latest failed attempt.
+        self.last_error: APIError | None = None
+
+
+class Canceller:
+    """Cancels one order at a time through the transport, with the client's shared state."""
+
+    __slots__ = ("accounts", "auth", "max_retries", "retry_policy", "transport")
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        auth: Auth,
+        accounts: AccountBook,
+        retry_policy: RetryPolicy,
+    ) -> None:
+        self.transport = transport
+        self.auth = auth
+        self.accounts = accounts
+        self.retry_policy = retry_policy
+        self.max_retries = retry_policy.max_retries
+
+    async def cancel(self, call: OrderCancel) -> StopOrder:
+        """Cancel with retries: the first attempt directly, the rest under the retry policy."""
+        try:
+            return await self.attempt(call)
+        except APIError as err:
+            if self.max_retries == 0 or not is_retryable(err):
+                raise
+            first_error = err
+        return await self.retry_policy.call(
+            lambda: self.attempt(call), first_error=first_error, may_wait=call.deadline.allows
+        )
+
+    async def attempt(self, call: OrderCancel) -> StopOrder:
+        """Send one request for ``call`` (two if a 401 is cured by a fresh token)."""
+        account = call.account
+        loop = asyncio.get_running_loop()
+        semaphore = call.semaphore
+        while True:
+            if account.paused_until or account.window or call.limiter is not None:
+                await self._wait_for_turn(call, loop)
+            if semaphore is None:
+                break
+            await semaphore.acquire()
+            # A 429 may have paused the account while this task waited for a slot.
+            if account.paused_until <= loop.time() and not (
+                account.window and account.active >= account.window
+            ):
+                break
+            semaphore.release()
+        try:
+            return await self._attempt_now(call, loop)
+        finally:
+            if semaphore is not None:
+                semaphore.release()
+
+    async def _attempt_now(self, call: OrderCancel, loop: asyncio.AbstractEventLoop) -> StopOrder:
+        """Send one request for ``call`` now that it may go."""
+        account = call.account
+        deadline = call.deadline
+        if not deadline.allows():
+            raise DeadlinePassed
+        limits = (
+            self.transport.default_limits
+            if deadline.at is None
+            else self.transport.timeout.limits(deadline.time_left())
+        )
+        headers = account.headers_for(self.auth)
+        generation = account.token_generation
+        call.attempts += 1
+        account.active += 1
+        try:
+            order = await self.transport.delete_stop_order(call.order_id, headers, limits)
+        except APIError as err:
+            account.released()
+            call.last_error = err
+            if outcome_unknown(err):
+                call.unknown_seen = True
+            elif isinstance(err, OrderNotFoundError):
+                err.after_unknown_attempt = call.unknown_seen
+                account.succeeded()
+            elif isinstance(err, RateLimitError):
+                pause = DEFAULT_RATE_LIMIT_PAUSE if err.retry_after is None else err.retry_after
+                account.rate_limited(loop.time() + pause)
+                logger.info("HTTP 429 for %s: pausing the account %.3fs", account.account_id, pause)
+            elif (
+                isinstance(err, AuthenticationError)
+                and self.auth.can_refresh
+                and not call.auth_refreshed
+            ):
+                call.auth_refreshed = True
+                await self.auth.refresh(generation)
+                return await self._attempt_now(call, loop)
+            raise
+        except BaseException:
+            account.released()
+            raise
+        account.released()
+        account.succeeded()
+        return order
+
+    async def _wait_for_turn(self, call: OrderCancel, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait out the account's 429 pause, the rate limiter and the slow start, in time."""
+        account = call.account
+        while True:
+            wait = account.paused_until - loop.time()
+            if wait > 0:
+                if not call.deadline.allows(wait):
+                    raise DeadlinePassed
+                await asyncio.sleep(wait)
+                continue
+            if call.limiter is not None:
+                await call.limiter.acquire()
+            if account.window and account.active >= account.window:
+                await account.wait_for_window()
+            if account.paused_until <= loop.time():
+                return
