@@ -13,12 +13,14 @@ from ._auth import TokenProvider
 from ._client import AsyncStopClient
 from ._constants import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_AFTER,
     DEFAULT_TIMEOUT,
 )
 from ._errors import (
+    AccountNotFoundError,
     APIConnectionError,
     APIError,
     APIStatusError,
@@ -32,16 +34,18 @@ from ._errors import (
     RateLimitError,
     ResponseValidationError,
     ServerError,
+    TokenProviderError,
 )
 from ._killswitch import KillSwitch, OrderSource, StopOrderRegistry
-from ._models import OrderStatus, StopOrder
+from ._models import OrderStatus, StopOrder, TradingAccount
 from ._report import CancelOutcome, CancelReport, CancelResult, OrderItem
-from ._transport import Timeout
+from ._transport import DaemonThreadResolver, Timeout
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_BODY_SIZE",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_MAX_RETRY_AFTER",
@@ -50,6 +54,7 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "AccountNotFoundError",
     "AsyncStopClient",
     "AsyncStopError",
     "AuthenticationError",
@@ -57,6 +62,7 @@ __all__ = [
     "CancelOutcome",
     "CancelReport",
     "CancelResult",
+    "DaemonThreadResolver",
     "InvalidInputError",
     "KillSwitch",
     "OrderItem",
@@ -71,6 +77,8 @@ __all__ = [
     "StopOrderRegistry",
     "Timeout",
     "TokenProvider",
+    "TokenProviderError",
+    "TradingAccount",
     "__version__",
 ]
 

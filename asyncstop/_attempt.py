@@ -14,10 +14,16 @@ from typing import TYPE_CHECKING, Final
 from ._account import Account, AccountBook
 from ._auth import Auth
 from ._constants import DEFAULT_RATE_LIMIT_PAUSE, MIN_ATTEMPT_BUDGET
-from ._errors import APIError, AuthenticationError, OrderNotFoundError, RateLimitError
+from ._errors import (
+    APIError,
+    AsyncStopError,
+    AuthenticationError,
+    OrderNotFoundError,
+    RateLimitError,
+)
 from ._logging import logger
 from ._models import StopOrder
-from ._retry import RetryPolicy, is_retryable, outcome_unknown
+from ._retry import RetryDecision, RetryPolicy, outcome_unknown
 from ._transport import Transport
 
 if TYPE_CHECKING:
@@ -74,7 +80,9 @@ class OrderCancel:
         "deadline",
         "last_error",
         "limiter",
+        "not_before",
         "order_id",
+        "retry",
         "semaphore",
         "unknown_seen",
     )
@@ -93,19 +101,27 @@ class OrderCancel:
         self.deadline = deadline
         self.semaphore = semaphore
         self.limiter = limiter
-        #: Requests sent for this order so far.
+        #: Requests for this order that reached the wire so far.
         self.attempts = 0
-        #: True once an attempt ended with an unknown outcome (it may have cancelled).
+        #: True once a sent attempt ended with an unknown outcome (it may have cancelled).
         self.unknown_seen = False
         self.auth_refreshed = False
         #: The error of the latest failed attempt.
-        self.last_error: APIError | None = None
+        self.last_error: AsyncStopError | None = None
+        #: The retry policy's state, from the first failure on.
+        self.retry: RetryDecision | None = None
+        #: Loop time before which the next attempt may not start (a retry's backoff).
+        self.not_before = 0.0
+
+    def request_sent(self) -> None:
+        """The transport's signal: a request of this order reached the wire."""
+        self.attempts += 1
 
 
 class Canceller:
     """Cancels one order at a time through the transport, with the client's shared state."""
 
-    __slots__ = ("accounts", "auth", "max_retries", "retry_policy", "transport")
+    __slots__ = ("accounts", "auth", "retry_policy", "transport")
 
     def __init__(
         self,
@@ -119,19 +135,24 @@ class Canceller:
         self.auth = auth
         self.accounts = accounts
         self.retry_policy = retry_policy
-        self.max_retries = retry_policy.max_retries
 
     async def cancel(self, call: OrderCancel) -> StopOrder:
-        """Cancel with retries: the first attempt directly, the rest under the retry policy."""
-        try:
-            return await self.attempt(call)
-        except APIError as err:
-            if self.max_retries == 0 or not is_retryable(err):
-                raise
-            first_error = err
-        return await self.retry_policy.call(
-            lambda: self.attempt(call), first_error=first_error, may_wait=call.deadline.allows
+        """Cancel with retries, sleeping between attempts (the single-order call)."""
+        while True:
+            try:
+                return await self.attempt(call)
+            except APIError as err:
+                wait = self.next_wait(call, err)
+                if wait is None:
+                    raise
+            await asyncio.sleep(wait)
+
+    def next_wait(self, call: OrderCancel, err: APIError) -> float | None:
+        """Seconds to wait before retrying ``call`` after ``err``, or None when it is final."""
+        wait, call.retry = self.retry_policy.next_wait(
+            call.retry, err, may_wait=call.deadline.allows
         )
+        return wait
 
     async def attempt(self, call: OrderCancel) -> StopOrder:
         """Send one request for ``call`` (two if a 401 is cured by a fresh token)."""
@@ -169,10 +190,11 @@ class Canceller:
         )
         headers = account.headers_for(self.auth)
         generation = account.token_generation
-        call.attempts += 1
         account.active += 1
         try:
-            order = await self.transport.delete_stop_order(call.order_id, headers, limits)
+            order = await self.transport.delete_stop_order(
+                call.order_id, headers, limits, call.request_sent
+            )
         except APIError as err:
             account.released()
             call.last_error = err
@@ -182,16 +204,14 @@ class Canceller:
                 err.after_unknown_attempt = call.unknown_seen
                 account.succeeded()
             elif isinstance(err, RateLimitError):
-                pause = DEFAULT_RATE_LIMIT_PAUSE if err.retry_after is None else err.retry_after
-                account.rate_limited(loop.time() + pause)
-                logger.info("HTTP 429 for %s: pausing the account %.3fs", account.account_id, pause)
+                self._pause(account, err, loop)
             elif (
                 isinstance(err, AuthenticationError)
                 and self.auth.can_refresh
                 and not call.auth_refreshed
             ):
                 call.auth_refreshed = True
-                await self.auth.refresh(generation)
+                await self.auth.refresh(generation, limit=limits.total)
                 return await self._attempt_now(call, loop)
             raise
         except BaseException:
@@ -200,6 +220,28 @@ class Canceller:
         account.released()
         account.succeeded()
         return order
+
+    def _pause(
+        self, account: Account, err: RateLimitError, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Pause the account as the 429 asks, but never longer than ``max_retry_after``.
+
+        One 429 with ``Retry-After: 86400`` must not silence the account for a
+        day on a long-lived client: later calls would return at once with
+        every order ``not_sent``.
+        """
+        pause = DEFAULT_RATE_LIMIT_PAUSE if err.retry_after is None else err.retry_after
+        cap = self.retry_policy.max_retry_after
+        if pause > cap:
+            logger.warning(
+                "HTTP 429 for %s asked for a %.3gs pause; pausing %.3gs (max_retry_after)",
+                account.account_id,
+                pause,
+                cap,
+            )
+            pause = cap
+        account.rate_limited(loop.time() + pause)
+        logger.info("HTTP 429 for %s: pausing the account %.3fs", account.account_id, pause)
 
     async def _wait_for_turn(self, call: OrderCancel, loop: asyncio.AbstractEventLoop) -> None:
         """Wait out the account's 429 pause, the rate limiter and the slow start, in time."""

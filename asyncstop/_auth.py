@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from ._errors import InvalidInputError
+from ._errors import InvalidInputError, TokenProviderError
 from ._logging import logger
 from ._validation import check_token
 
@@ -23,7 +23,7 @@ class Auth:
     generation asks the provider; the others find the token already renewed.
     """
 
-    __slots__ = ("_lock", "_provider", "_token", "generation")
+    __slots__ = ("_failed", "_lock", "_provider", "_token", "generation")
 
     def __init__(self, token: str | TokenProvider) -> None:
         if isinstance(token, str):
@@ -35,6 +35,8 @@ class Auth:
             raise InvalidInputError("token must be a str or an async callable returning a str")
         self.generation = 0
         self._lock: asyncio.Lock | None = None
+        #: Why the provider failed for the current generation, if it did.
+        self._failed: str | None = None
 
     @property
     def can_refresh(self) -> bool:
@@ -49,23 +51,51 @@ class Auth:
             raise RuntimeError("no token yet: the client is not open")
         return "Bearer " + token
 
-    async def start(self) -> None:
-        """Fetch the first token from the provider, if there is one."""
+    async def start(self, limit: float) -> None:
+        """Fetch the first token from the provider, if there is one, within ``limit`` seconds."""
         self._lock = asyncio.Lock()
         if self._provider is not None and self._token is None:
-            self._token = check_token(await self._provider())
+            self._token = await self._ask_provider(limit)
 
-    async def refresh(self, seen_generation: int) -> None:
-        """Replace the token refused at ``seen_generation``, unless another request already did."""
+    async def refresh(self, seen_generation: int, *, limit: float | None) -> None:
+        """Replace the token refused at ``seen_generation``, unless another request already did.
+
+        The provider is asked once per refused generation, however many
+        requests saw the 401, and within ``limit`` seconds. If it fails, every
+        request of that generation gets the same :class:`TokenProviderError`
+        without asking again: a broken provider costs one call and one log
+        record, not one per order.
+        """
         assert self._provider is not None, "only a provider's token can be refreshed"
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self.generation != seen_generation:
                 return
+            if self._failed is not None:
+                raise TokenProviderError(self._failed)
             logger.info("HTTP 401: asking the token provider for a fresh token")
-            self._token = check_token(await self._provider())
+            try:
+                self._token = await self._ask_provider(limit)
+            except TokenProviderError as err:
+                self._failed = str(err)
+                raise
             self.generation += 1
+
+    async def _ask_provider(self, limit: float | None) -> str:
+        assert self._provider is not None
+        try:
+            async with asyncio.timeout(limit):
+                token = await self._provider()
+            return check_token(token)
+        except TimeoutError:
+            reason = f"the token provider did not answer within {limit:.3g}s"
+        except InvalidInputError as err:
+            reason = f"the token provider returned an unusable token: {err}"
+        except Exception as err:  # the provider is the application's code
+            reason = f"the token provider raised {type(err).__name__}"
+        logger.error("%s; no request is sent without a token", reason)
+        raise TokenProviderError(reason)
 
     def __repr__(self) -> str:
         kind = "provider" if self._provider is not None else "static token"

@@ -13,6 +13,8 @@ sent: ``unknown``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
@@ -23,9 +25,10 @@ from ._errors import (
     APIError,
     APITimeoutError,
     AsyncStopError,
+    AuthenticationError,
     InvalidInputError,
     OrderNotFoundError,
-    ResponseValidationError,
+    TokenProviderError,
     forget_traceback,
 )
 from ._logging import logger
@@ -66,15 +69,51 @@ class _Job(OrderCancel):
 
 
 class _Lane:
-    """The queued jobs of one account and the workers serving them."""
+    """The jobs of one account and the workers serving them.
 
-    __slots__ = ("account", "limiter", "queue", "workers")
+    Fresh jobs wait in ``queue``; a job whose attempt failed and may be retried
+    waits in ``retries`` until its not-before time, holding no worker: with as
+    many hung orders as workers, the other orders are still sent.
+    """
+
+    __slots__ = ("account", "limiter", "queue", "refused", "retries", "wakeup", "workers")
 
     def __init__(self, account: Account, limiter: AsyncLimiter | None) -> None:
         self.account = account
         self.queue: deque[_Job] = deque()
+        self.retries: list[tuple[float, int, _Job]] = []
         self.workers = 0
         self.limiter = limiter
+        #: The error that stopped this account for the call (a refused token).
+        self.refused: AsyncStopError | None = None
+        #: Set when work arrives for a worker that is waiting for a retry to fall due.
+        self.wakeup: asyncio.Event | None = None
+
+    def retry_later(self, job: _Job, not_before: float) -> None:
+        job.not_before = not_before
+        heapq.heappush(self.retries, (not_before, id(job), job))
+        self.wake()
+
+    def wake(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup.set()
+
+    async def next_job(self, loop: asyncio.AbstractEventLoop) -> _Job | None:
+        """The next job to run: a fresh one, else the earliest retry once due; None when done."""
+        while True:
+            if self.queue:
+                return self.queue.popleft()
+            if not self.retries:
+                return None
+            wait = self.retries[0][0] - loop.time()
+            if wait <= 0:
+                return heapq.heappop(self.retries)[2]
+            if self.wakeup is None:
+                self.wakeup = asyncio.Event()
+            self.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self.wakeup.wait()
 
 
 class _BulkCancel:
@@ -125,6 +164,7 @@ class _BulkCancel:
         self.jobs[key] = job
         self.items.append(job)
         lane.queue.append(job)
+        lane.wake()
         if self.task_group is not None and lane.workers < self.concurrency:
             lane.workers += 1
             self.task_group.create_task(self.work(lane))
@@ -160,43 +200,69 @@ class _BulkCancel:
     # -- work --------------------------------------------------------------------------------
 
     async def work(self, lane: _Lane) -> None:
-        queue = lane.queue
+        """Serve a lane: fresh orders first, then retries as they fall due."""
         try:
-            while queue:
-                await self.run_job(queue.popleft())
+            while (job := await lane.next_job(self.loop)) is not None:
+                await self.run_job(lane, job)
         finally:
             lane.workers -= 1
 
-    async def run_job(self, job: _Job) -> None:
-        job.started_at = self.loop.time()
-        order: StopOrder | None = None
-        error: AsyncStopError | None = None
+    async def run_job(self, lane: _Lane, job: _Job) -> None:
+        """One attempt for ``job``; a retry goes back to the lane instead of holding this worker."""
+        if lane.refused is not None:
+            self.settle_stopped(job, lane.refused)
+            return
+        if not job.started_at:
+            job.started_at = self.loop.time()
         try:
-            order = await self.canceller.cancel(job)
-            outcome = CancelOutcome.CANCELLED
-        except OrderNotFoundError as err:
-            outcome, error = CancelOutcome.ALREADY_GONE, err
-        except ResponseValidationError as err:
-            # A 2xx: the exchange confirmed the cancel; only its body was unreadable.
-            outcome, error = CancelOutcome.CANCELLED, err
+            order = await self.canceller.attempt(job)
         except DeadlinePassed:
-            outcome = CancelOutcome.NOT_SENT if job.attempts == 0 else CancelOutcome.UNKNOWN
-            error = job.last_error
+            self.settle_stopped(job, job.last_error)
+        except (AuthenticationError, TokenProviderError) as err:
+            # The token is refused (after one refresh, with a provider): every
+            # other order of this account would be refused too. Stop the
+            # account for this call; its unsent orders are certainly live.
+            if lane.refused is None:
+                lane.refused = err
+                logger.error("%s: stopping account %s for this call", err, lane.account.account_id)
+            self.settle_stopped(job, err)
+        except OrderNotFoundError as err:
+            outcome = (
+                CancelOutcome.ALREADY_GONE if err.after_unknown_attempt else CancelOutcome.NOT_FOUND
+            )
+            self.settle(job, outcome, None, err)
         except APIError as err:
-            outcome = CancelOutcome.UNKNOWN if is_retryable(err) else CancelOutcome.FAILED
-            error = err
-        except InvalidInputError as err:  # e.g. a token provider returned an unusable token
-            outcome, error = CancelOutcome.FAILED, err
+            wait = self.canceller.next_wait(job, err)
+            if wait is None:
+                self.settle_stopped(job, err, final=not is_retryable(err))
+            else:
+                lane.retry_later(job, self.loop.time() + wait)
         except Exception as err:
-            # A bug or a failing token provider must not lose the order or
-            # cancel its siblings; report what is known about it.
+            # A bug must not lose the order or cancel its siblings; report what is known.
             logger.exception("unexpected error cancelling order %s", job.order_id)
             error = APIError(
                 f"unexpected error: {type(err).__name__}: {err}", order_id=job.order_id
             )
             error.__cause__ = err
+            self.settle_stopped(job, error, final=True)
+        else:
+            self.settle(job, CancelOutcome.CANCELLED, order, None)
+
+    def settle_stopped(
+        self, job: _Job, error: AsyncStopError | None, *, final: bool = False
+    ) -> None:
+        """Settle a job that will not be tried again, by what was sent for it.
+
+        Nothing sent: ``not_sent``, whatever stopped it. Sent, with a final
+        refusal: ``failed``. Sent otherwise: ``unknown``.
+        """
+        if job.attempts == 0:
+            outcome = CancelOutcome.NOT_SENT
+        elif final or (isinstance(error, APIError) and not is_retryable(error)):
             outcome = CancelOutcome.UNKNOWN if job.unknown_seen else CancelOutcome.FAILED
-        self.settle(job, outcome, order, error)
+        else:
+            outcome = CancelOutcome.UNKNOWN
+        self.settle(job, outcome, None, error)
 
     def settle(
         self,
@@ -239,12 +305,12 @@ class _BulkCancel:
             if job.result is not None:
                 continue
             if job.attempts == 0:
-                self.settle(job, CancelOutcome.NOT_SENT, None, None)
+                self.settle(job, CancelOutcome.NOT_SENT, None, job.last_error)
             else:
                 error = job.last_error
                 if error is None or not job.unknown_seen:
                     error = APITimeoutError(
-                        f"{reason} while the request for order {job.order_id} was in flight",
+                        f"{reason} before the outcome for order {job.order_id} was known",
                         order_id=job.order_id,
                     )
                 self.settle(job, CancelOutcome.UNKNOWN, None, error)

@@ -38,13 +38,13 @@ import msgspec
 from . import __version__
 from ._argtypes import count as count_arg
 from ._argtypes import positive_float
-from ._report import CancelOutcome, CancelReport, CancelResult
 from ._client import AsyncStopClient
 from ._constants import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from ._errors import InvalidInputError, OrderNotFoundError
 from ._killswitch import KillSwitch, StopOrderRegistry
 from ._logging import RedactingFilter
 from ._models import OrderStatus
+from ._report import CancelOutcome, CancelReport, CancelResult
 from ._validation import check_account_id, check_base_url, check_order_id, check_token
 
 if TYPE_CHECKING:

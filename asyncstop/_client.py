@@ -17,20 +17,22 @@ from types import TracebackType
 from typing import Final, Self
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 
 from ._account import AccountBook
 from ._attempt import Canceller, DeadlinePassed, OrderCancel
 from ._auth import Auth, TokenProvider
 from ._bulk import run_bulk_cancel
 from ._constants import (
+    DEFAULT_MAX_BODY_SIZE,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_AFTER,
     DEFAULT_TIMEOUT,
 )
-from ._errors import InvalidInputError
+from ._errors import AccountNotFoundError, AuthenticationError, InvalidInputError
 from ._logging import setup_logging_from_env
-from ._models import StopOrder
+from ._models import StopOrder, TradingAccount
 from ._report import CancelReport, CancelResult, OrderItem
 from ._retry import RetryPolicy
 from ._transport import Timeout, Transport
@@ -66,9 +68,13 @@ class AsyncStopClient:
     connection pool and is the default bulk concurrency. ``timeout`` applies to
     each attempt (seconds or a :class:`Timeout`). ``max_retries`` counts retries
     after the first attempt (0 disables them). ``max_retry_after`` caps how long
-    a server's ``Retry-After`` is obeyed within one call. ``rate_limit``, in
-    requests per second per account, paces every request proactively (``None``:
-    no pacing; a 429 still pauses the account).
+    a server's ``Retry-After`` is obeyed, and how long one 429 may pause an
+    account. ``rate_limit``, in requests per second per account, paces every
+    request proactively (``None``: no pacing; a 429 still pauses the account).
+    ``max_body_size`` bounds how much of any reply is read (decompressed size
+    included). ``resolver`` replaces the DNS resolver of the pool asyncstop
+    creates (default: :class:`DaemonThreadResolver`-style lookups that cannot
+    keep the process alive after a call).
 
     A ``session`` of your own is used as it is and never closed by asyncstop. Its
     connector then sets the pool, and aiohttp may silently re-send a request
@@ -87,7 +93,9 @@ class AsyncStopClient:
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         rate_limit: float | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         session: aiohttp.ClientSession | None = None,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         self.base_url: Final = check_base_url(base_url)
         self.account_id: Final = None if account_id is None else check_account_id(account_id)
@@ -105,8 +113,14 @@ class AsyncStopClient:
                 f"session must be an aiohttp.ClientSession, not {type(session).__name__}"
             )
         self._auth = Auth(token)
+        self.max_body_size: Final = check_count("max_body_size", max_body_size, minimum=1024)
         self._transport = Transport(
-            self.base_url, timeout=timeout, max_connections=max_concurrency, session=session
+            self.base_url,
+            timeout=timeout,
+            max_connections=max_concurrency,
+            max_body_size=max_body_size,
+            session=session,
+            resolver=resolver,
         )
         self._accounts = AccountBook(self.rate_limit)
         self._canceller = Canceller(
@@ -147,7 +161,7 @@ class AsyncStopClient:
                 "this AsyncStopClient is closed and cannot be reopened: "
                 "its connection pool is gone; create a new client"
             )
-        await self._auth.start()
+        await self._auth.start(self.timeout.total)
         self._transport.open()
         self._state = _State.OPENED
 
@@ -182,6 +196,40 @@ class AsyncStopClient:
         return check_account_id(account_id)
 
     # -- public calls ------------------------------------------------------------------------
+
+    async def preflight(self, account_id: str | None = None) -> list[TradingAccount]:
+        """Check the base URL, the token and the account before an emergency; return the accounts.
+
+        Calls the documented ``GET /frontoffice/api/v3/accounts`` and returns
+        the trading accounts the token may use. Raises
+        :class:`AuthenticationError` for a refused token (after one refresh,
+        with a provider), :class:`AccountNotFoundError` when ``account_id``
+        (default: the client's) is not among them, and another
+        :class:`APIError` when the base URL does not reach the API (a 404, an
+        HTML page, anything but a JSON list of accounts). Bounded by the
+        client's attempt timeout.
+        """
+        self._require_open()
+        wanted = (
+            None if account_id is None and self.account_id is None else self._account_id(account_id)
+        )
+        generation = self._auth.generation
+        try:
+            accounts = await self._transport.get_accounts(self._auth.authorization)
+        except AuthenticationError:
+            if not self._auth.can_refresh:
+                raise
+            await self._auth.refresh(generation, limit=self.timeout.total)
+            accounts = await self._transport.get_accounts(self._auth.authorization)
+        if wanted is not None and all(a.account_id != wanted for a in accounts):
+            ids = [a.account_id for a in accounts]
+            raise AccountNotFoundError(
+                f"account {wanted!r} is not among the {len(ids)} accounts this token may use "
+                f"({', '.join(ids) or 'none'}): check the account id",
+                account_id=wanted,
+                available=ids,
+            )
+        return accounts
 
     async def cancel_stop_order(self, order_id: str, *, account_id: str | None = None) -> StopOrder:
         """Cancel one stop order and return it as the exchange reported it.

@@ -7,6 +7,9 @@ from typing import Final
 #: The documented path prefix; the order id is appended as one path segment.
 STOP_ORDERS_PATH: Final = "/frontoffice/api/v3/stop-orders/"
 
+#: The documented list of the trading accounts a token may use (the preflight).
+ACCOUNTS_PATH: Final = "/frontoffice/api/v3/accounts"
+
 #: The documented request carries the API version as a media-type parameter of
 #: Content-Type, even though the DELETE has no body.
 API_CONTENT_TYPE: Final = "application/json; x-api-version=4.0"
@@ -49,3 +52,10 @@ MIN_ATTEMPT_BUDGET: Final = 0.002
 #: The environment variable that switches on asyncstop's logging (``debug`` or
 #: ``info``) when the application has not configured logging itself.
 LOG_ENV_VAR: Final = "ASYNCSTOP_LOG"
+
+#: Reply bodies are read up to this many bytes (after decompression). A Cancel
+#: Stop order reply is under 1 KiB; anything far larger is not one, and reading
+#: it whole would let a broken gateway fill the bot's memory.
+DEFAULT_MAX_BODY_SIZE: Final = 64 * 1024
+#: An error kept in a report holds at most this much of its reply body.
+MAX_ERROR_BODY_KEPT: Final = 1024

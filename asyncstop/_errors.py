@@ -4,6 +4,8 @@
 
     AsyncStopError
     ├── InvalidInputError (also ValueError): refused before anything was sent
+    ├── TokenProviderError: the token provider raised, hung or gave an unusable token
+    ├── AccountNotFoundError: preflight: the token may not use this account
     └── APIError
         ├── APIStatusError: the exchange answered with an error status
         │   ├── BadRequestError           400
@@ -14,7 +16,7 @@
         │   └── ServerError               5xx
         ├── APIConnectionError: no complete answer arrived
         │   └── APITimeoutError (also TimeoutError)
-        └── ResponseValidationError: a 2xx body that could not be decoded
+        └── ResponseValidationError: a 2xx that is no evidence of the cancel
 
 Other statuses (405, 408, 409, 422, ...) raise a plain ``APIStatusError``.
 No error's message, repr or attributes ever contain the bearer token: the
@@ -27,11 +29,14 @@ from typing import Any
 
 import msgspec
 
+from ._constants import MAX_ERROR_BODY_KEPT
+
 __all__ = [
     "APIConnectionError",
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "AccountNotFoundError",
     "AsyncStopError",
     "AuthenticationError",
     "BadRequestError",
@@ -41,6 +46,7 @@ __all__ = [
     "RateLimitError",
     "ResponseValidationError",
     "ServerError",
+    "TokenProviderError",
     "forget_traceback",
     "status_error",
 ]
@@ -52,6 +58,27 @@ class AsyncStopError(Exception):
 
 class InvalidInputError(AsyncStopError, ValueError):
     """An argument was refused before any request was sent (bad id, header injection, ...)."""
+
+
+class TokenProviderError(AsyncStopError):
+    """The token provider raised, did not answer in time, or returned an unusable token.
+
+    Nothing was sent with the missing token; in a bulk call the account's
+    unsent orders end ``not_sent`` with this error.
+    """
+
+
+class AccountNotFoundError(AsyncStopError):
+    """Preflight: the account id is not among the accounts the token may use.
+
+    ``account_id`` is the account asked for; ``available`` the ids the
+    exchange listed for the token.
+    """
+
+    def __init__(self, message: str, *, account_id: str, available: list[str]) -> None:
+        super().__init__(message)
+        self.account_id = account_id
+        self.available = available
 
 
 class APIError(AsyncStopError):
@@ -67,7 +94,19 @@ class APIError(AsyncStopError):
 
 
 class APIConnectionError(APIError):
-    """No complete answer arrived (refused, reset or dropped connection): the outcome is unknown."""
+    """No complete answer arrived (refused, reset or dropped connection).
+
+    ``request_sent`` tells whether the request reached the wire: when False
+    (refused connection, DNS or TLS failure, no pooled connection in time) the
+    exchange saw nothing and the order is untouched; when True the outcome is
+    unknown.
+    """
+
+    def __init__(
+        self, message: str, *, order_id: str | None = None, request_sent: bool = True
+    ) -> None:
+        super().__init__(message, order_id=order_id)
+        self.request_sent = request_sent
 
 
 class APITimeoutError(APIConnectionError, TimeoutError):
@@ -75,18 +114,29 @@ class APITimeoutError(APIConnectionError, TimeoutError):
 
 
 class ResponseValidationError(APIError):
-    """The exchange answered 2xx, but the body could not be decoded; ``body`` holds the raw bytes.
+    """A 2xx arrived whose body is not a Cancel Stop order reply for the order asked.
 
-    A 2xx means the exchange accepted the cancel, so bulk calls still report such
-    an order as cancelled and attach this error for the record.
+    An HTML page, an empty body, another order's reply, a body over the size
+    limit: an answer from something that is not the exchange (a captive
+    portal, a misrouted gateway, a stale reply). It is no evidence that the
+    order is gone, so it is retried like a 5xx and, if retries run out, the
+    order is reported ``unknown``. ``body`` holds the first bytes (at most
+    1 KiB) and ``content_type`` the reply's Content-Type.
     """
 
     def __init__(
-        self, message: str, *, body: bytes, status_code: int, order_id: str | None = None
+        self,
+        message: str,
+        *,
+        body: bytes,
+        status_code: int,
+        order_id: str | None = None,
+        content_type: str | None = None,
     ) -> None:
         super().__init__(message, order_id=order_id)
-        self.body = body
+        self.body = body[:MAX_ERROR_BODY_KEPT]
         self.status_code = status_code
+        self.content_type = content_type
 
 
 class _ErrorBody(msgspec.Struct, rename="camel"):
@@ -103,9 +153,10 @@ _error_body_decoder = msgspec.json.Decoder(_ErrorBody)
 class APIStatusError(APIError):
     """The exchange answered with a non-2xx status.
 
-    ``error_code`` and the exchange's ``message`` come from the body when it has
-    the ``{"errorCode", "message", "errors"}`` shape; any other body, or none,
-    still gives this error with the status and the raw ``body``.
+    ``error_code`` and ``exchange_message`` come from the body when it has the
+    ``{"errorCode", "message", "errors"}`` shape; any other body, or none,
+    still gives this error with the status and the first KiB of the raw ``body``.
+    ``message`` is the full text of the error, as ``str(err)``.
     """
 
     def __init__(
@@ -118,10 +169,13 @@ class APIStatusError(APIError):
         errors: list[Any] | None = None,
         request_id: str | None = None,
         order_id: str | None = None,
+        exchange_message: str | None = None,
     ) -> None:
         super().__init__(message, order_id=order_id)
         self.status_code = status_code
-        self.body = body
+        # An error kept in a report must not keep a whole error page alive.
+        self.body = body[:MAX_ERROR_BODY_KEPT]
+        self.exchange_message = exchange_message
         self.error_code = error_code
         self.errors = errors if errors is not None else []
         self.request_id = request_id
@@ -217,6 +271,7 @@ def status_error(
         errors=errors,
         request_id=request_id,
         order_id=order_id,
+        exchange_message=exchange_message,
     )
 
 

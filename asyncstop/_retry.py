@@ -1,26 +1,24 @@
-"""When to retry, how long to wait, and the tenacity controller that applies it.
+"""When to retry and how long to wait, decided with tenacity's strategies.
 
-The policy: connection errors, timeouts, 408, 409, 429 and 5xx are retried;
-other statuses are final. A server's ``Retry-After`` (seconds, fractional
-seconds, or an HTTP date) wins over the computed backoff; a ``Retry-After``
-longer than ``max_retry_after`` ends the retries instead of sleeping through the
-caller's emergency. Otherwise the wait is exponential backoff with jitter. No
-retry is started that could not finish before the call's deadline.
+The policy: connection errors, timeouts, 408, 409, 429, 5xx and a 2xx that is
+no evidence of the cancel are retried; other statuses are final. A server's
+``Retry-After`` (seconds, fractional seconds, or an HTTP date) wins over the
+computed backoff; a ``Retry-After`` longer than ``max_retry_after`` ends the
+retries instead of sleeping through the caller's emergency. Otherwise the wait
+is exponential backoff with jitter. No retry is started that could not start
+before the call's deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
-from tenacity.stop import stop_base
+from tenacity import AsyncRetrying, Future, RetryCallState, retry_if_exception
 
 from ._constants import (
     INITIAL_RETRY_DELAY,
@@ -31,6 +29,7 @@ from ._errors import (
     APIConnectionError,
     APIStatusError,
     RateLimitError,
+    ResponseValidationError,
     ServerError,
     forget_traceback,
 )
@@ -44,8 +43,6 @@ __all__ = [
     "outcome_unknown",
     "parse_retry_after",
 ]
-
-T = TypeVar("T")
 
 
 def jitter() -> float:
@@ -93,8 +90,12 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 
 def is_retryable(err: BaseException) -> bool:
-    """True for errors a retry may cure: connection errors, timeouts, 408, 409, 429, 5xx."""
-    if isinstance(err, APIConnectionError):
+    """True for errors a retry may cure: connection errors, timeouts, 408, 409, 429, 5xx.
+
+    A 2xx that is no evidence of the cancel (``ResponseValidationError``) is
+    retried like a 5xx: something between us and the exchange answered.
+    """
+    if isinstance(err, APIConnectionError | ResponseValidationError):
         return True
     if isinstance(err, APIStatusError):
         return err.status_code in (408, 409, 429) or err.status_code >= 500
@@ -105,26 +106,49 @@ def outcome_unknown(err: BaseException) -> bool:
     """True when the failed attempt may nevertheless have cancelled the order.
 
     A dropped connection or a timeout may hit after the exchange applied the
-    cancel, and a 5xx may be sent after it. A 408, 409 or 429 says the request
-    was not acted on.
+    cancel, a 5xx may be sent after it, and a 2xx from something that is not
+    the exchange hides what the exchange did. A 408, 409 or 429 says the
+    request was not acted on, and a request that never left did nothing.
     """
-    return isinstance(err, APIConnectionError | ServerError)
+    if isinstance(err, APIConnectionError):
+        return err.request_sent
+    return isinstance(err, ServerError | ResponseValidationError)
+
+
+class RetryDecision:
+    """One order's retry bookkeeping: tenacity's call state, kept between attempts."""
+
+    __slots__ = ("rate_limited", "state")
+
+    def __init__(self, state: RetryCallState) -> None:
+        self.state = state
+        state.attempt_number = 0
+        #: 429s met so far (they do not use up ``max_retries``).
+        self.rate_limited = 0
 
 
 class RetryPolicy:
-    """The retry settings of one client, and the tenacity controller built from them."""
+    """When to retry and how long to wait, built from tenacity's retry, wait and stop strategies.
 
-    __slots__ = ("_template", "max_retries", "max_retry_after")
+    The policy decides; the caller waits. The bulk engine puts a failed order
+    back in its queue with a not-before time instead of sleeping on a worker,
+    so the same decision serves a worker that must not block and the single
+    call that simply sleeps.
+
+    A 429 does not use up ``max_retries``: the exchange did not act on the
+    request, and the account-wide pause already honours its request to slow
+    down. 429s are bounded by the deadline instead, and by
+    ``MAX_RATE_LIMITED_RETRIES`` per order.
+    """
+
+    __slots__ = ("_controller", "_retry", "max_retries", "max_retry_after")
 
     def __init__(self, *, max_retries: int, max_retry_after: float) -> None:
         self.max_retries = max_retries
         self.max_retry_after = max_retry_after
-        self._template = AsyncRetrying(
-            retry=retry_if_exception(_is_retryable_logged),
-            wait=self._wait,
-            before_sleep=_log_sleep,
-            reraise=True,
-        )
+        self._retry = retry_if_exception(_is_retryable_logged)
+        # Only the owner of each RetryCallState; its own loop is never run.
+        self._controller = AsyncRetrying()
 
     def wait_for(self, err: BaseException, retry_number: int) -> float:
         """Seconds to wait after ``err`` before retry number ``retry_number``."""
@@ -132,87 +156,51 @@ class RetryPolicy:
             return err.retry_after
         return backoff_delay(retry_number)
 
-    def _wait(self, state: RetryCallState) -> float:
-        assert state.outcome is not None
-        err = state.outcome.exception()
-        assert err is not None
-        # tenacity keeps the failed attempt's error for the whole backoff sleep;
-        # its traceback would tie it in a cycle with tenacity's own frames.
-        forget_traceback(err)
-        return self.wait_for(err, state.attempt_number)
-
-    async def call(
+    def next_wait(
         self,
-        attempt: Callable[[], Awaitable[T]],
+        decision: RetryDecision | None,
+        err: BaseException,
         *,
-        first_error: BaseException | None = None,
-        may_wait: Callable[[float], bool] | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> T:
-        """Run ``attempt`` under this policy and return its result or raise its last error.
+        may_wait: Callable[[float], bool],
+    ) -> tuple[float | None, RetryDecision | None]:
+        """Decide on a failed attempt: seconds to wait before the next one, or None to stop.
 
-        ``first_error`` is the failure of an attempt the caller already made
-        outside tenacity (the fast path of a bulk cancel): tenacity then starts
-        by deciding on that error, so its attempt count still equals the
-        requests sent. ``may_wait(seconds)`` tells whether a retry after that
-        wait could still start before the caller's deadline.
+        Every failed attempt counts toward ``max_retries``, whether or not it
+        reached the wire (a refused connection is retried, but not forever).
+        ``may_wait(seconds)`` tells whether a retry after that wait could still
+        start before the caller's deadline. Returns the decision state to pass
+        back on the next failure.
         """
-        pending_error = first_error
-
-        async def run() -> T:
-            nonlocal pending_error
-            if pending_error is not None:
-                err, pending_error = pending_error, None
-                raise err
-            return await attempt()
-
-        # A copy per call: tenacity keeps per-call state in a threading.local,
-        # which concurrent tasks on one loop would otherwise share.
-        retrying = self._template.copy(
-            stop=_Stop(self.max_retries + 1, self.max_retry_after, may_wait),
-            sleep=sleep,
-        )
-        try:
-            return await retrying(run)
-        finally:
-            # Its last actions are bound methods of the controller itself: a
-            # cycle per retried order that only the garbage collector would free.
-            retrying.iter_state.reset()
-
-
-class _Stop(stop_base):
-    """Stop after the attempt budget, a too-long Retry-After, or when the deadline is near.
-
-    A 429 does not use up the ``max_retries`` budget: the exchange did not act
-    on the request, and the account-wide pause already honours its request to
-    slow down. 429s are bounded by the deadline instead, and by
-    ``MAX_RATE_LIMITED_RETRIES`` per order.
-    """
-
-    def __init__(
-        self, max_attempts: int, max_wait: float, may_wait: Callable[[float], bool] | None
-    ) -> None:
-        self.max_attempts = max_attempts
-        self.max_wait = max_wait
-        self.may_wait = may_wait
-        self.rate_limited = 0
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        assert retry_state.outcome is not None
-        if isinstance(retry_state.outcome.exception(), RateLimitError):
-            self.rate_limited += 1
-            if self.rate_limited > MAX_RATE_LIMITED_RETRIES:
-                return True
-        elif retry_state.attempt_number - self.rate_limited >= self.max_attempts:
-            return True
-        wait = retry_state.upcoming_sleep
-        if wait > self.max_wait:
+        if self.max_retries == 0 or not is_retryable(err):
+            return None, decision
+        if decision is None:
+            decision = RetryDecision(RetryCallState(self._controller, None, (), {}))
+        state = decision.state
+        state.attempt_number += 1
+        state.outcome = Future.construct(state.attempt_number, err, has_exception=True)
+        if not self._retry(state):
+            return None, decision
+        if isinstance(err, RateLimitError):
+            decision.rate_limited += 1
+            if decision.rate_limited > MAX_RATE_LIMITED_RETRIES:
+                return None, decision
+        elif state.attempt_number - decision.rate_limited > self.max_retries:
+            return None, decision
+        wait = self.wait_for(err, state.attempt_number - decision.rate_limited)
+        # tenacity's state would hold the error (and its traceback's frames) until
+        # the next failure; drop the traceback so no cycle outlives the wait.
+        forget_traceback(err)
+        if wait > self.max_retry_after:
             logger.debug("not retrying: the exchange asked for a %.3gs pause", wait)
-            return True
-        if self.may_wait is not None and not self.may_wait(wait):
-            logger.debug("not retrying: %.3gs wait would pass the deadline", wait)
-            return True
-        return False
+            return None, decision
+        if not may_wait(wait):
+            logger.debug("not retrying: a %.3gs wait would pass the deadline", wait)
+            return None, decision
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "retrying in %.3fs after attempt %d failed: %s", wait, state.attempt_number, err
+            )
+        return wait, decision
 
 
 def _is_retryable_logged(err: BaseException) -> bool:
@@ -220,14 +208,3 @@ def _is_retryable_logged(err: BaseException) -> bool:
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("%s after %s: %s", "retryable" if retry else "final", type(err).__name__, err)
     return retry
-
-
-def _log_sleep(state: RetryCallState) -> None:
-    if logger.isEnabledFor(logging.INFO):
-        assert state.outcome is not None
-        logger.info(
-            "retrying in %.3fs after attempt %d failed: %s",
-            state.upcoming_sleep,
-            state.attempt_number,
-            state.outcome.exception(),
-        )

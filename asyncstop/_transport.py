@@ -3,21 +3,37 @@
 Everything aiohttp raises is mapped to the error tree here and nowhere else, as
 httpx maps its transport's errors at one boundary. This module knows nothing of
 retries, accounts or deadlines: it sends what it is given, within the time
-limits it is given.
+limits it is given, reads at most ``max_body_size`` bytes of any reply, and
+tells whether each request reached the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from types import SimpleNamespace
+from typing import Any, Final
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from ._constants import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, STOP_ORDERS_PATH
+from ._constants import (
+    ACCOUNTS_PATH,
+    API_ACCEPT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    MAX_ERROR_BODY_KEPT,
+    STOP_ORDERS_PATH,
+)
 from ._errors import (
     APIConnectionError,
+    APIError,
     APIStatusError,
     APITimeoutError,
     RateLimitError,
@@ -25,11 +41,20 @@ from ._errors import (
     status_error,
 )
 from ._logging import logger
-from ._models import StopOrder, UndecodableReply, decode_stop_order
+from ._models import (
+    StopOrder,
+    TradingAccount,
+    UndecodableReply,
+    decode_accounts,
+    decode_stop_order,
+)
 from ._retry import parse_retry_after
 from ._validation import check_count, check_seconds
 
-__all__ = ["Timeout", "Transport"]
+__all__ = ["DaemonThreadResolver", "Timeout", "Transport"]
+
+#: Encodings the transport decompresses itself, with a bound on the output.
+_ZLIB_WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 47}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +92,17 @@ class Transport:
         *,
         timeout: Timeout,
         max_connections: int,
+        max_body_size: int,
         session: aiohttp.ClientSession | None,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         self.base_url: Final = base_url
         self.timeout: Final = timeout
         self.max_connections: Final = max_connections
+        self.max_body_size: Final = max_body_size
         self.default_limits: Final = timeout.limits()
+        self._resolver = resolver
+        self._accounts_url = URL(base_url + ACCOUNTS_PATH)
         self._url_prefix = base_url + STOP_ORDERS_PATH
         # Each request's URL is built from this parsed prefix with encoded=True:
         # order ids are checked to need no quoting, so aiohttp need not parse a
@@ -98,13 +128,20 @@ class Transport:
             self._session = self._user_session
             return
         connector = aiohttp.TCPConnector(
-            limit=self.max_connections, limit_per_host=self.max_connections
+            limit=self.max_connections,
+            limit_per_host=self.max_connections,
+            resolver=self._resolver or DaemonThreadResolver(),
         )
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(_mark_sent)
         session = aiohttp.ClientSession(
             connector=connector,
             timeout=self.default_limits,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
+            # Decompressed here, with a bound on the output (see _read_body).
+            auto_decompress=False,
+            trace_configs=[trace],
         )
         # aiohttp re-sends an idempotent request once after a dropped
         # keep-alive connection, unseen by its caller; the attribute is
@@ -127,42 +164,109 @@ class Transport:
         return session
 
     async def delete_stop_order(
-        self, order_id: str, headers: dict[str, str], limits: aiohttp.ClientTimeout
+        self,
+        order_id: str,
+        headers: dict[str, str],
+        limits: aiohttp.ClientTimeout,
+        on_sent: Callable[[], object] | None = None,
     ) -> StopOrder:
-        """Send one Cancel Stop order request; return the order or raise an ``APIError``."""
+        """Send one Cancel Stop order request; return the order or raise an ``APIError``.
+
+        ``on_sent()`` is called the moment the request reaches the wire (its
+        headers are sent), so that a caller interrupted mid-request still knows
+        whether the exchange may have seen it. Only this order's own reply is a
+        success: any other 2xx raises ``ResponseValidationError`` and the
+        connection it came on is closed, since a stray reply on it would be
+        read as the next request's answer.
+        """
+        url = self._url_root.with_path(self._url_path + order_id, encoded=True)
+        what = f"order {order_id}"
+        sent = SimpleNamespace(sent=False, on_sent=on_sent)
         session = self._require_session()
         try:
             async with session.request(
                 "DELETE",
-                self._url_root.with_path(self._url_path + order_id, encoded=True),
+                url,
                 headers=headers,
                 allow_redirects=False,
                 timeout=limits,
+                trace_request_ctx=sent,
             ) as resp:
-                body = await resp.read()
+                if not self.owns_session:
+                    _mark(sent)
+                body, complete = await self._read_body(resp, self.max_body_size)
                 status = resp.status
-                if status < 300:
-                    try:
-                        return decode_stop_order(body, order_id)
-                    except UndecodableReply as err:
-                        raise ResponseValidationError(
-                            f"HTTP {status} for order {order_id}, but the body is not a "
-                            f"Cancel Stop order reply: {err}",
-                            body=body,
-                            status_code=status,
-                            order_id=order_id,
-                        ) from None
-                raise _error_for(resp, body, order_id)
-        except TimeoutError as err:
-            raise APITimeoutError(
-                f"no answer for order {order_id} within the attempt's time limit",
-                order_id=order_id,
-            ) from err
-        except aiohttp.ClientError as err:
-            raise APIConnectionError(
-                f"connection failed for order {order_id}: {type(err).__name__}: {err}",
-                order_id=order_id,
-            ) from err
+                if status >= 300:
+                    if not complete:
+                        resp.close()
+                    raise _error_for(resp, body, what, order_id)
+                try:
+                    if not complete:
+                        raise UndecodableReply(f"a body over {self.max_body_size} bytes")
+                    return decode_stop_order(body, order_id)
+                except UndecodableReply as err:
+                    resp.close()
+                    raise _not_evidence(resp, body, f"for {what}", err, order_id) from None
+        except APIError:
+            raise
+        except (TimeoutError, aiohttp.ClientError) as err:
+            raise _connection_error(err, what, self._sent(sent, err), order_id) from err
+
+    async def get_accounts(self, authorization: str) -> list[TradingAccount]:
+        """``GET /frontoffice/api/v3/accounts``: the accounts the token may use."""
+        what = "the accounts list"
+        sent = SimpleNamespace(sent=False, on_sent=None)
+        session = self._require_session()
+        try:
+            async with session.get(
+                self._accounts_url,
+                headers={"Authorization": authorization, "Accept": API_ACCEPT},
+                allow_redirects=False,
+                timeout=self.default_limits,
+                trace_request_ctx=sent,
+            ) as resp:
+                # Many accounts make a longer list than any cancel reply.
+                body, complete = await self._read_body(resp, 16 * self.max_body_size)
+                if resp.status >= 300:
+                    raise _error_for(resp, body, what, None)
+                try:
+                    if not complete:
+                        raise UndecodableReply("a body over the size limit")
+                    return decode_accounts(body)
+                except UndecodableReply as err:
+                    raise _not_evidence(resp, body, f"for {what}", err, None) from None
+        except APIError:
+            raise
+        except (TimeoutError, aiohttp.ClientError) as err:
+            raise _connection_error(err, what, self._sent(sent, err), None) from err
+
+    def _sent(self, trace: SimpleNamespace, err: BaseException) -> bool:
+        """Whether the failed request reached the wire."""
+        if not self.owns_session and not trace.sent:
+            # A caller's session has no trace hook of ours: judge by the error.
+            if isinstance(err, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+                return False
+            _mark(trace)
+        return bool(trace.sent)
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+        """Up to ``limit`` bytes of the (decompressed) body, and whether that was all of it."""
+        content = resp.content
+        if resp.content_length is not None and resp.content_length > limit:
+            return await content.read(MAX_ERROR_BODY_KEPT), False
+        body = bytearray()
+        while len(body) <= limit:
+            chunk = await content.read(limit + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
+        complete = len(body) <= limit
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity" and self.owns_session:
+            if not complete:
+                return bytes(body[:MAX_ERROR_BODY_KEPT]), False
+            return _decompress(bytes(body), encoding, limit)
+        return bytes(body[:limit]), complete
 
     async def warm_up(self, connections: int | None) -> int:
         """Open keep-alive connections with safe HEAD requests; return how many were answered."""
@@ -190,12 +294,77 @@ class Transport:
         return answered
 
 
-def _error_for(resp: aiohttp.ClientResponse, body: bytes, order_id: str) -> APIStatusError:
+async def _mark_sent(
+    _session: aiohttp.ClientSession, context: SimpleNamespace, _params: object
+) -> None:
+    """aiohttp's signal that the request headers went out: the request reached the wire."""
+    _mark(context.trace_request_ctx)
+
+
+def _mark(request: SimpleNamespace | None) -> None:
+    if request is not None and not request.sent:
+        request.sent = True
+        if request.on_sent is not None:
+            request.on_sent()
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> tuple[bytes, bool]:
+    """Decompress at most ``limit`` bytes: a gzip bomb costs no more than a plain body."""
+    wbits = _ZLIB_WBITS.get(encoding)
+    if wbits is None:
+        raise UndecodableReply(f"an unsupported Content-Encoding {encoding!r}")
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        out = decompressor.decompress(body, limit + 1)
+    except zlib.error as err:
+        raise UndecodableReply(f"a broken {encoding} body ({err})") from None
+    if len(out) > limit or decompressor.unconsumed_tail:
+        return out[:MAX_ERROR_BODY_KEPT], False
+    return out, True
+
+
+def _connection_error(
+    err: BaseException, what: str, sent: bool, order_id: str | None
+) -> APIConnectionError:
+    if isinstance(err, TimeoutError):
+        where = "within the attempt's time limit" if sent else "before the request could be sent"
+        return APITimeoutError(
+            f"no answer for {what} {where}", order_id=order_id, request_sent=sent
+        )
+    return APIConnectionError(
+        f"connection failed for {what}{'' if sent else ' (nothing was sent)'}: "
+        f"{type(err).__name__}: {err}",
+        order_id=order_id,
+        request_sent=sent,
+    )
+
+
+def _not_evidence(
+    resp: aiohttp.ClientResponse,
+    body: bytes,
+    what: str,
+    reason: UndecodableReply,
+    order_id: str | None,
+) -> ResponseValidationError:
+    content_type = resp.headers.get("Content-Type")
+    return ResponseValidationError(
+        f"HTTP {resp.status} {what}, but the body is not the expected reply: {reason}; "
+        f"Content-Type {content_type!r}, body starts {body[:80]!r}",
+        body=body,
+        status_code=resp.status,
+        order_id=order_id,
+        content_type=content_type,
+    )
+
+
+def _error_for(
+    resp: aiohttp.ClientResponse, body: bytes, what: str, order_id: str | None
+) -> APIStatusError:
     status = resp.status
     if 300 <= status < 400:
         # Following would send the token to wherever Location points.
         return APIStatusError(
-            f"HTTP {status} redirect for order {order_id} refused: asyncstop never "
+            f"HTTP {status} redirect for {what} refused: asyncstop never "
             f"follows redirects with the token (Location: {resp.headers.get('Location')!r})",
             status_code=status,
             body=body,
@@ -211,3 +380,61 @@ def _error_for(resp: aiohttp.ClientResponse, body: bytes, order_id: str) -> APIS
     if isinstance(err, RateLimitError):
         err.retry_after = parse_retry_after(resp.headers.get("Retry-After"))
     return err
+
+
+class DaemonThreadResolver(AbstractResolver):
+    """Resolves host names with ``getaddrinfo`` in a daemon thread per lookup.
+
+    aiohttp's default resolver runs ``getaddrinfo`` in the loop's default
+    executor: a lookup that hangs (a dead nameserver) outlives the attempt's
+    timeout there, and ``asyncio.run`` then waits for it at exit, keeping a
+    kill switch's process alive long after its deadline. A daemon thread is
+    abandoned instead: the awaiting request still ends at its timeout, and
+    the process can exit. Lookups are rare (aiohttp caches them, and an IP
+    address needs none), so a thread per lookup costs nothing that matters.
+    """
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """Resolve ``host`` for a TCP connection to ``port``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+
+        def settle(result: list[Any] | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result or [])
+
+        def lookup() -> None:
+            try:
+                infos = socket.getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM, family=family, flags=socket.AI_ADDRCONFIG
+                )
+            except OSError as err:
+                outcome: tuple[list[Any] | None, BaseException | None] = (None, err)
+            else:
+                outcome = (infos, None)
+            # A closed loop raises RuntimeError: nobody is waiting for this lookup any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        threading.Thread(target=lookup, name="asyncstop-dns", daemon=True).start()
+        infos = await future
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address[0],
+                port=address[1],
+                family=info_family,
+                proto=proto,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for info_family, _type, proto, _name, address in infos
+        ]
+
+    async def close(self) -> None:
+        """Nothing to close: each lookup's thread ends on its own."""
