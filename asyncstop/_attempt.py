@@ -234,7 +234,7 @@ class Canceller:
         cap = self.retry_policy.max_retry_after
         if pause > cap:
             logger.warning(
-                "HTTP 429 for %s asked for a %.3gs pause; pausing %.3gs (max_retry_after)",
+                "HTTP 429 for %s asked for a %.0fs pause; pausing %.3gs (max_retry_after)",
                 account.account_id,
                 pause,
                 cap,

@@ -224,7 +224,10 @@ class _BulkCancel:
             # account for this call; its unsent orders are certainly live.
             if lane.refused is None:
                 lane.refused = err
-                logger.error("%s: stopping account %s for this call", err, lane.account.account_id)
+                if isinstance(err, AuthenticationError):  # the provider logged its own failure
+                    logger.error(
+                        "%s: stopping account %s for this call", err, lane.account.account_id
+                    )
             self.settle_stopped(job, err)
         except OrderNotFoundError as err:
             outcome = (
