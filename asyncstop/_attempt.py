@@ -84,6 +84,7 @@ class OrderCancel:
         "order_id",
         "retry",
         "semaphore",
+        "sent_waiter",
         "unknown_seen",
     )
 
@@ -112,10 +113,15 @@ class OrderCancel:
         self.retry: RetryDecision | None = None
         #: Loop time before which the next attempt may not start (a retry's backoff).
         self.not_before = 0.0
+        #: Resolved with the loop time when the next request reaches the wire (hedging).
+        self.sent_waiter: asyncio.Future[float] | None = None
 
     def request_sent(self) -> None:
         """The transport's signal: a request of this order reached the wire."""
         self.attempts += 1
+        waiter = self.sent_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(waiter.get_loop().time())
 
 
 class Canceller:

@@ -31,6 +31,7 @@ from ._errors import (
     TokenProviderError,
     forget_traceback,
 )
+from ._hedge import DEFAULT_HEDGE_BUDGET, Hedger, HedgeSetting
 from ._logging import logger
 from ._report import CancelOutcome, CancelReport, CancelResult, OrderItem
 from ._retry import is_retryable
@@ -126,8 +127,10 @@ class _BulkCancel:
         concurrency: int,
         rate_limit: float | None,
         on_result: Callable[[CancelResult], object] | None,
+        hedger: Hedger | None,
     ) -> None:
         self.canceller = canceller
+        self.hedger = hedger
         self.default_account_id = default_account_id
         self.loop = asyncio.get_running_loop()
         self.deadline = deadline
@@ -215,7 +218,10 @@ class _BulkCancel:
         if not job.started_at:
             job.started_at = self.loop.time()
         try:
-            order = await self.canceller.attempt(job)
+            if self.hedger is None:
+                order = await self.canceller.attempt(job)
+            else:
+                order = await self.hedger.attempt(job)
         except DeadlinePassed:
             self.settle_stopped(job, job.last_error)
         except (AuthenticationError, TokenProviderError) as err:
@@ -329,7 +335,15 @@ class _BulkCancel:
             counts[result.outcome] += 1
             if index % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-        return CancelReport(results, elapsed, self.source_error, counts=counts)
+        hedger = self.hedger
+        return CancelReport(
+            results,
+            elapsed,
+            self.source_error,
+            counts=counts,
+            hedges_sent=0 if hedger is None else hedger.hedges_sent,
+            hedges_won=0 if hedger is None else hedger.hedges_won,
+        )
 
     async def run(self, source: AsyncIterable[object] | None) -> None:
         async with asyncio.timeout_at(self.deadline.at), asyncio.TaskGroup() as tg:
@@ -353,12 +367,16 @@ async def run_bulk_cancel(
     concurrency: int | None,
     rate_limit: float | None,
     on_result: Callable[[CancelResult], object] | None,
+    hedge: HedgeSetting = None,
+    hedge_budget: float = DEFAULT_HEDGE_BUDGET,
 ) -> CancelReport:
     """Cancel every order of ``orders`` through ``canceller`` and report each one.
 
     ``pool_size`` is the default ``concurrency``, and its cap when ``cap_at_pool``.
     """
-    check_bulk_settings(deadline=deadline, concurrency=concurrency, rate_limit=rate_limit)
+    check_bulk_settings(
+        deadline=deadline, concurrency=concurrency, rate_limit=rate_limit, hedge=hedge
+    )
     if concurrency is None or (cap_at_pool and concurrency > pool_size):
         # More workers than pooled connections would wait for a connection
         # inside aiohttp with their attempt timeout running, and could time
@@ -373,6 +391,7 @@ async def run_bulk_cancel(
         concurrency=concurrency,
         rate_limit=rate_limit,
         on_result=on_result,
+        hedger=None if hedge is None else Hedger(canceller, hedge, hedge_budget),
     )
     source: AsyncIterable[object] | None = None
     if isinstance(orders, AsyncIterable):

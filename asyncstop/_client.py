@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterable, Callable, Iterable
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Literal, Self
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -262,6 +262,7 @@ class AsyncStopClient:
         concurrency: int | None = None,
         rate_limit: float | None = None,
         on_result: Callable[[CancelResult], object] | None = None,
+        hedge: float | Literal["auto"] | None = None,
     ) -> CancelReport:
         """Cancel many stop orders at once and report the outcome of each.
 
@@ -276,7 +277,10 @@ class AsyncStopClient:
         overrides the client's per-account pacing for this call.
         ``on_result`` is called once per input item as soon as its result is
         final, including, when the caller cancels the call, for every item
-        left (before ``CancelledError`` propagates).
+        left (before ``CancelledError`` propagates); an exception it raises is
+        logged and does not stop the call. ``hedge`` sends one backup request
+        for an order whose request has had no answer for that many seconds
+        (``"auto"``: this call's p95 reply time; None: never); see the README.
 
         It never raises for a single order's failure. A list input with an
         invalid item raises :class:`InvalidInputError` before anything is sent;
@@ -293,6 +297,7 @@ class AsyncStopClient:
             concurrency=concurrency,
             rate_limit=rate_limit,
             on_result=on_result,
+            hedge=hedge,
         )
 
     async def warm_up(self, connections: int | None = None) -> int:

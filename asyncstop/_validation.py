@@ -23,6 +23,7 @@ __all__ = [
     "check_base_url",
     "check_bulk_settings",
     "check_count",
+    "check_hedge",
     "check_order_id",
     "check_order_item",
     "check_seconds",
@@ -177,10 +178,24 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> floa
     return number
 
 
+def check_hedge(hedge: object) -> float | str | None:
+    """Return ``hedge`` if it is None (off), ``"auto"``, or a finite number of seconds > 0."""
+    if hedge is None or hedge == "auto":
+        return hedge
+    if isinstance(hedge, str):
+        raise InvalidInputError(f'hedge must be None, "auto" or seconds > 0, not {hedge!r}')
+    return check_seconds("hedge (seconds)", hedge)
+
+
 def check_bulk_settings(
-    *, deadline: float | None, concurrency: int | None, rate_limit: float | None
+    *,
+    deadline: float | None,
+    concurrency: int | None,
+    rate_limit: float | None,
+    hedge: object = None,
 ) -> None:
     """Refuse bad bulk-cancel settings (shared by the bulk call, the kill switch and the CLI)."""
+    check_hedge(hedge)
     if concurrency is not None:
         check_count("concurrency", concurrency, minimum=1)
     if deadline is not None:

@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"_report", "_retry", "_auth"},
     {"_account", "_transport"},
     {"_attempt"},
+    {"_hedge"},
     {"_bulk"},
     {"_client"},
     {"_registry"},

@@ -1,0 +1,168 @@
+"""Hedged cancels: one backup request for an order whose first request is slow to answer.
+
+"The Tail at Scale" (Dean and Barroso): when a request has had no answer for
+about the 95th-percentile latency, send a second one and take the first
+answer, for a few percent more load. gRPC's hedging policy stops when the
+server pushes back; so does this one. The rules:
+
+- The delay is fixed (seconds) or ``"auto"``: the p95 of this call's reply
+  times, measured from the moment each request reached the wire, once
+  ``AUTO_MIN_SAMPLES`` replies are in (no hedging before that).
+- A hedge is one more request through the same per-order path, so it counts
+  toward the call's concurrency, the rate limit and ``attempts``, and waits
+  out a 429 pause like any request. No hedge is sent for an account in a 429
+  pause, and none for an account once any 429 was met in this call.
+- Hedges are at most ``budget`` (default 10 %) of the call's first requests.
+- The first definitive answer settles the order; the other request is
+  abandoned (its task cancelled, so aiohttp closes its connection). A 404
+  while the other request may have reached the exchange is ``already_gone``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Final, Literal
+
+from ._attempt import Canceller, DeadlinePassed, OrderCancel
+from ._errors import OrderNotFoundError, RateLimitError
+from ._models import StopOrder
+from ._retry import is_retryable
+
+__all__ = ["AUTO_MIN_SAMPLES", "DEFAULT_HEDGE_BUDGET", "HedgeSetting", "Hedger"]
+
+#: ``hedge=``: None (off), a delay in seconds, or "auto".
+HedgeSetting = float | Literal["auto"] | None
+#: Hedges are at most this share of a call's first requests.
+DEFAULT_HEDGE_BUDGET: Final = 0.10
+#: "auto" hedges once this many replies give a p95 to go by.
+AUTO_MIN_SAMPLES: Final = 20
+#: The auto delay is recomputed after this many new replies (sorting is not free).
+_RECOMPUTE_EVERY: Final = 16
+
+
+class Hedger:
+    """The hedging of one bulk call: its delay, its budget and its counts."""
+
+    __slots__ = (
+        "_auto_delay",
+        "_samples",
+        "_samples_at_delay",
+        "budget",
+        "canceller",
+        "fixed_delay",
+        "hedges_sent",
+        "hedges_won",
+        "primaries",
+        "stopped_accounts",
+    )
+
+    def __init__(
+        self, canceller: Canceller, setting: float | Literal["auto"], budget: float
+    ) -> None:
+        self.canceller = canceller
+        self.fixed_delay = None if setting == "auto" else float(setting)
+        self.budget = budget
+        self._samples: list[float] = []
+        self._samples_at_delay = 0
+        self._auto_delay: float | None = None
+        #: First requests started, hedges started, and hedges whose answer won.
+        self.primaries = 0
+        self.hedges_sent = 0
+        self.hedges_won = 0
+        #: Accounts that met a 429 in this call: never hedged again.
+        self.stopped_accounts: set[str] = set()
+
+    def delay(self) -> float | None:
+        """Seconds without an answer before a hedge, or None while "auto" has too few replies."""
+        if self.fixed_delay is not None:
+            return self.fixed_delay
+        count = len(self._samples)
+        if count < AUTO_MIN_SAMPLES:
+            return None
+        if self._auto_delay is None or count - self._samples_at_delay >= _RECOMPUTE_EVERY:
+            ordered = sorted(self._samples)
+            self._auto_delay = ordered[min(count - 1, math.ceil(0.95 * count) - 1)]
+            self._samples_at_delay = count
+        return self._auto_delay
+
+    def _may_hedge(self, job: OrderCancel) -> bool:
+        account = job.account
+        return (
+            account.account_id not in self.stopped_accounts
+            and account.paused_until <= asyncio.get_running_loop().time()
+            and self.hedges_sent + 1 <= self.budget * self.primaries
+            and job.deadline.allows()
+        )
+
+    async def attempt(self, job: OrderCancel) -> StopOrder:
+        """One attempt for ``job``, with a hedge if its request is slow to answer."""
+        loop = asyncio.get_running_loop()
+        self.primaries += 1
+        sent = job.sent_waiter = loop.create_future()
+        primary = loop.create_task(self._timed(job, sent))
+        tasks = {primary}
+        try:
+            await asyncio.wait((primary, sent), return_when=asyncio.FIRST_COMPLETED)
+            delay = self.delay()
+            if primary.done() or delay is None:
+                return await primary
+            done, _ = await asyncio.wait(tasks, timeout=delay)
+            if done or not self._may_hedge(job):
+                return await primary
+            self.hedges_sent += 1
+            hedge = loop.create_task(self._timed(job, None))
+            tasks.add(hedge)
+            return await self._first_answer(job, primary, hedge)
+        finally:
+            job.sent_waiter = None
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _first_answer(
+        self, job: OrderCancel, primary: asyncio.Task[StopOrder], hedge: asyncio.Task[StopOrder]
+    ) -> StopOrder:
+        """Wait for the first definitive answer of two requests for the same order."""
+        pending = {primary, hedge}
+        error: BaseException | None = None
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                err = task.exception()
+                if err is None:
+                    if task is hedge:
+                        self.hedges_won += 1
+                    return task.result()
+                if isinstance(err, OrderNotFoundError):
+                    if pending and job.attempts >= 2:
+                        # The other request reached the exchange and may be what
+                        # cancelled the order: most likely our own cancel.
+                        err.after_unknown_attempt = True
+                    if task is hedge:
+                        self.hedges_won += 1
+                    raise err
+                if not isinstance(err, DeadlinePassed) and not is_retryable(err):
+                    raise err  # a definitive refusal settles it too
+                # An unknown outcome: the other request may still answer.
+                error = err
+        assert error is not None
+        raise error
+
+    async def _timed(self, job: OrderCancel, sent: asyncio.Future[float] | None) -> StopOrder:
+        """Run one attempt; learn its reply time and whether it met a 429."""
+        loop = asyncio.get_running_loop()
+        try:
+            order = await self.canceller.attempt(job)
+        except RateLimitError:
+            self.stopped_accounts.add(job.account.account_id)
+            raise
+        except OrderNotFoundError:
+            self._sample(sent, loop)
+            raise
+        self._sample(sent, loop)
+        return order
+
+    def _sample(self, sent: asyncio.Future[float] | None, loop: asyncio.AbstractEventLoop) -> None:
+        if sent is not None and sent.done() and not sent.cancelled():
+            self._samples.append(loop.time() - sent.result())
