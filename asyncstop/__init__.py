@@ -35,11 +35,13 @@ from ._errors import (
     ResponseValidationError,
     ServerError,
     TokenProviderError,
+    WatchdogError,
 )
 from ._killswitch import KillSwitch, OrderSource, StopOrderRegistry
 from ._models import OrderStatus, StopOrder, TradingAccount
 from ._report import CancelOutcome, CancelReport, CancelResult, OrderItem
 from ._transport import DaemonThreadResolver, Timeout
+from ._watchdog import Watchdog
 
 __version__ = "0.1.0"
 
@@ -79,6 +81,8 @@ __all__ = [
     "TokenProvider",
     "TokenProviderError",
     "TradingAccount",
+    "Watchdog",
+    "WatchdogError",
     "__version__",
 ]
 

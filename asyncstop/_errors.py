@@ -6,6 +6,7 @@
     ├── InvalidInputError (also ValueError): refused before anything was sent
     ├── TokenProviderError: the token provider raised, hung or gave an unusable token
     ├── AccountNotFoundError: preflight: the token may not use this account
+    ├── WatchdogError: the watchdog process could not start, died, or gave no report
     └── APIError
         ├── APIStatusError: the exchange answered with an error status
         │   ├── BadRequestError           400
@@ -47,6 +48,7 @@ __all__ = [
     "ResponseValidationError",
     "ServerError",
     "TokenProviderError",
+    "WatchdogError",
     "forget_traceback",
     "status_error",
 ]
@@ -79,6 +81,18 @@ class AccountNotFoundError(AsyncStopError):
         super().__init__(message)
         self.account_id = account_id
         self.available = available
+
+
+class WatchdogError(AsyncStopError):
+    """The watchdog process could not start, died, or ended a fire without a report.
+
+    ``kind`` names the error the watchdog met (``"AuthenticationError"``, ...)
+    when it reported one.
+    """
+
+    def __init__(self, message: str, *, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class APIError(AsyncStopError):

@@ -1,15 +1,36 @@
-"""The kill switch: cancel every stop order a bot has, from a registry or its own book."""
+"""The kill switch: cancel every stop order a bot has, from a registry or its own book.
+
+Signals (``install_signal_handlers``), the pattern a bot follows::
+
+    async def main() -> int:
+        registry = asyncstop.StopOrderRegistry()
+        async with asyncstop.AsyncStopClient(...) as client:
+            switch = asyncstop.KillSwitch(client, registry, deadline=5.0)
+            await switch.arm()                   # preflight and warm connections, ahead of time
+            switch.install_signal_handlers()     # SIGINT/SIGTERM now fire the switch
+            bot = asyncio.create_task(run_bot(client, registry))
+            await switch.wait_tripped()          # a signal (or any trigger()) fired it
+            bot.cancel()
+            report = await switch.trigger()      # joins the run the signal started
+        return 0 if report.ok else 1
+
+A program that does not wait on the switch still exits on the first signal,
+once the run has ended; a second signal ends the process at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import signal
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, TypeAlias
+import sqlite3
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from ._logging import logger
-from ._validation import check_account_id, check_bulk_settings, check_order_id
+from ._registry import StopOrderRegistry
+from ._validation import check_bulk_settings
 
 if TYPE_CHECKING:
     from ._client import AsyncStopClient
@@ -17,64 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["KillSwitch", "OrderSource", "StopOrderRegistry"]
 
-
-class StopOrderRegistry:
-    """The stop orders a bot has placed and that may still be live: what a kill switch cancels.
-
-    Record each stop order as it is placed (``add``) and forget it when it
-    fills, expires or is cancelled elsewhere (``discard``). A kill switch run
-    removes the orders it cancelled; the ones that may still be live stay.
-    Synchronous and cheap: safe to call from any callback on the bot's loop.
-    """
-
-    __slots__ = ("_orders",)
-
-    def __init__(self, orders: Iterable[OrderItem] = ()) -> None:
-        # order id -> account id (None: the client's account)
-        self._orders: dict[str, str | None] = {}
-        for item in orders:
-            if isinstance(item, str):
-                self.add(item)
-            else:
-                self.add(item[1], account_id=item[0])
-
-    def add(self, order_id: str, *, account_id: str | None = None) -> None:
-        """Record a live stop order; ``account_id`` None means the client's own account."""
-        check_order_id(order_id)
-        if account_id is not None:
-            check_account_id(account_id)
-        self._orders[order_id] = account_id
-
-    def discard(self, order_id: str, *, account_id: str | None = None) -> None:
-        """Forget a stop order (no error if unknown); with ``account_id``, only for that account."""
-        if account_id is None or self._orders.get(order_id) == account_id:
-            self._orders.pop(order_id, None)
-
-    def _settled(self, order_id: str, account_id: str, default_account_id: str | None) -> None:
-        """Forget an order a kill switch saw end, if it is still registered for that account."""
-        registered = self._orders.get(order_id, "")
-        if (registered if registered is not None else default_account_id) == account_id:
-            del self._orders[order_id]
-
-    def __contains__(self, order_id: object) -> bool:
-        return order_id in self._orders
-
-    def __len__(self) -> int:
-        return len(self._orders)
-
-    def __iter__(self) -> Iterator[OrderItem]:
-        return iter(self.snapshot())
-
-    def snapshot(self) -> list[OrderItem]:
-        """The registered orders as bulk-cancel items, in the order they were added."""
-        return [
-            order_id if account_id is None else (account_id, order_id)
-            for order_id, account_id in self._orders.items()
-        ]
-
-    def __repr__(self) -> str:
-        return f"<StopOrderRegistry {len(self._orders)} orders>"
-
+#: Feeding a large source to the bulk engine yields to the loop this often.
+_YIELD_EVERY: Final = 1000
 
 #: Where a kill switch finds the orders to cancel: a registry, any iterable or
 #: async iterable of order items, or an async callable returning one.
@@ -91,10 +56,16 @@ class KillSwitch:
     """Cancels every stop order of a source at once, within a deadline.
 
     ``trigger()`` runs one bulk cancel over the source and returns its report.
-    It is idempotent: a call while a run is going joins that run and gets the
-    same report. With a :class:`StopOrderRegistry` as the source, orders that
-    ended cancelled or already gone leave the registry as their results come in,
-    so triggering again retries only what may still be live.
+    It never raises for an order: an invalid item (a bare order id while the
+    client has no ``account_id``, say) is reported ``failed`` and the others
+    are cancelled. It is idempotent: a call while a run is going joins that run
+    and gets the same report. With a :class:`StopOrderRegistry` as the source,
+    orders that ended no longer live leave the registry as their results come
+    in, so triggering again retries only what may still be live.
+
+    Once fired, the switch is *tripped* until :meth:`reset`: an order added to
+    its registry from then on is cancelled as it comes (a bot that goes on
+    placing stops after the emergency does not leave them live).
     """
 
     def __init__(
@@ -118,13 +89,60 @@ class KillSwitch:
         self._run: asyncio.Task[CancelReport] | None = None
         self._joiners = 0
         self._signals: list[tuple[asyncio.AbstractEventLoop, signal.Signals]] = []
-        #: The report of the latest finished run, or None.
+        self._signalled: signal.Signals | None = None
+        # asyncio.Event binds to a loop only when first waited on: no loop is
+        # needed to build the switch.
+        self._tripped = asyncio.Event()
+        self._watched = False
+        self._late: list[OrderItem] = []
+        self._settled: list[tuple[str, str]] = []
+        self._late_run: asyncio.Task[None] | None = None
+        #: The report of the latest finished run that had orders, or None.
         self.last_report: CancelReport | None = None
+        if isinstance(source, StopOrderRegistry):
+            source.add_listener(_weak_listener(self))
 
     @property
     def running(self) -> bool:
         """True while a run is going."""
         return self._run is not None and not self._run.done()
+
+    @property
+    def tripped(self) -> bool:
+        """True once the switch has fired, until :meth:`reset`."""
+        return self._tripped.is_set()
+
+    async def wait_tripped(self) -> None:
+        """Return once the switch has fired (at once if it is tripped already).
+
+        A program that waits here handles the emergency itself: a signal then
+        no longer makes the switch exit the program after its run.
+        """
+        await self._tripped.wait()
+        self._watched = True
+
+    def reset(self) -> None:
+        """Untrip the switch: orders added to the registry from now on stay live.
+
+        A run that is going goes on; ``last_report`` is kept.
+        """
+        self._tripped.clear()
+        self._watched = False
+        self._signalled = None
+        self._late.clear()
+
+    async def arm(self, connections: int | None = None) -> int:
+        """Prepare for an emergency: run the client's preflight, then warm its connections.
+
+        The preflight (when the client offers one) checks the token, the base
+        URL and the account now, instead of in the emergency; then
+        ``client.warm_up(connections)`` opens keep-alive connections. Returns
+        the number of warm-up requests answered. Raises what they raise.
+        """
+        preflight = getattr(self.client, "preflight", None)
+        if preflight is not None:
+            await preflight()
+        return await self.client.warm_up(connections)
 
     async def trigger(self) -> CancelReport:
         """Cancel every order of the source (or join the run already going) and return the report.
@@ -151,19 +169,22 @@ class KillSwitch:
                 self._cancel_all(), name="asyncstop-kill-switch"
             )
             self._run.add_done_callback(_log_failed_run)
+        self._tripped.set()
         return self._run
 
     async def _cancel_all(self) -> CancelReport:
         orders = await self._orders()
         logger.warning("kill switch fired: cancelling every stop order")
         report = await self.client.cancel_stop_orders(
-            orders,
+            _stream(orders),
             deadline=self.deadline,
             concurrency=self.concurrency,
             rate_limit=self.rate_limit,
             on_result=self._result_in,
         )
-        self.last_report = report
+        self._forget_settled()
+        if len(report) or self.last_report is None:
+            self.last_report = report
         logger.warning("kill switch done: %r", report)
         return report
 
@@ -185,18 +206,87 @@ class KillSwitch:
 
     def _result_in(self, result: CancelResult) -> None:
         if result.ok and isinstance(self.source, StopOrderRegistry):
-            self.source._settled(result.order_id, result.account_id, self.client.account_id)
+            if not self._settled:
+                # The results of one loop pass leave the registry together: one
+                # transaction for a durable registry, not one per order.
+                asyncio.get_running_loop().call_soon(self._forget_settled)
+            self._settled.append((result.order_id, result.account_id))
         if self._on_result is not None:
             self._on_result(result)
+
+    def _forget_settled(self) -> None:
+        settled, self._settled = self._settled, []
+        if not settled or not isinstance(self.source, StopOrderRegistry):
+            return
+        try:
+            self.source.discard_settled_many(settled, default_account_id=self.client.account_id)
+        except (sqlite3.Error, RuntimeError) as err:
+            # They stay registered: a later run sends them again and meets 404s.
+            logger.error(
+                "could not remove %d settled orders from the registry: %s", len(settled), err
+            )
+
+    # -- orders added after the switch fired ------------------------------------------------
+
+    def _order_added(self, item: OrderItem) -> None:
+        if not self._tripped.is_set():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            logger.warning(
+                "stop order %r added after the kill switch fired, outside the event loop: "
+                "the next trigger() cancels it",
+                item,
+            )
+            return
+        self._late.append(item)
+        if self._late_run is None or self._late_run.done():
+            self._late_run = loop.create_task(
+                self._cancel_late(), name="asyncstop-kill-switch-late"
+            )
+
+    async def _cancel_late(self) -> None:
+        while self._late and self._tripped.is_set():
+            batch, self._late = self._late, []
+            logger.warning(
+                "kill switch tripped: cancelling %d stop order(s) added after it fired", len(batch)
+            )
+            try:
+                report = await self.client.cancel_stop_orders(
+                    _stream(batch),
+                    deadline=self.deadline,
+                    concurrency=self.concurrency,
+                    rate_limit=self.rate_limit,
+                    on_result=self._result_in,
+                )
+            except Exception as err:
+                logger.error(
+                    "cancelling stop orders added after the kill switch fired failed: %s: %s",
+                    type(err).__name__,
+                    err,
+                    exc_info=err,
+                )
+                return
+            self._forget_settled()
+            logger.warning("late cancels done: %r", report)
+
+    # -- signals ----------------------------------------------------------------------------
 
     def install_signal_handlers(
         self, signals: Iterable[signal.Signals] = (signal.SIGINT, signal.SIGTERM)
     ) -> None:
         """Make SIGINT and SIGTERM (or ``signals``) fire the kill switch on the running loop.
 
-        The signal starts a run; ``await trigger()`` joins it and returns its
-        report. The handlers replace the default ones (Ctrl-C no longer raises
-        ``KeyboardInterrupt``) until :meth:`remove_signal_handlers`. Unix only.
+        The first signal starts a run (``await trigger()`` joins it and returns
+        its report) and trips the switch. When that run has ended, the program
+        exits as the signal asked, unless it awaits :meth:`wait_tripped` or
+        :meth:`trigger` (then it decides): ``SystemExit(128 + signal number)``
+        is raised in the loop, so ``asyncio.run()`` cancels the remaining tasks
+        (their ``async with`` blocks close) and the process exits with the
+        shell's usual status. A second signal ends the process at once, by the
+        signal's default action.
+        Unix only; :meth:`remove_signal_handlers` restores the default handling.
         """
         loop = asyncio.get_running_loop()
         for sig in signals:
@@ -211,12 +301,64 @@ class KillSwitch:
         self._signals.clear()
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        if not self.running:
-            logger.warning("%s received: firing the kill switch", sig.name)
-        self._start()
+        if self._signalled is not None:
+            logger.error("%s received again: exiting at once", sig.name)
+            self.remove_signal_handlers()
+            # The default action (terminate), also for SIGINT: Python's own
+            # handler would raise KeyboardInterrupt into code that may wait.
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+            return
+        self._signalled = sig
+        logger.warning("%s received: firing the kill switch", sig.name)
+        self._start().add_done_callback(self._exit_after_run)
+
+    def _exit_after_run(self, run: asyncio.Task[CancelReport]) -> None:
+        sig = self._signalled
+        if sig is None or self._watched or self._joiners:
+            return  # the program awaits the switch: it decides when to exit
+        logger.warning("kill switch run ended after %s: exiting", sig.name)
+        # Raised from a loop callback, SystemExit stops the loop and
+        # asyncio.run() then cancels and awaits every task, as for Ctrl-C.
+        raise SystemExit(128 + sig)
 
     def __repr__(self) -> str:
-        return f"<KillSwitch deadline={self.deadline!r} running={self.running}>"
+        return (
+            f"<KillSwitch deadline={self.deadline!r} running={self.running} tripped={self.tripped}>"
+        )
+
+
+def _weak_listener(switch: KillSwitch) -> Callable[[OrderItem], None]:
+    """A registry listener that does not keep the switch alive."""
+    ref = weakref.ref(switch)
+
+    def added(item: OrderItem) -> None:
+        alive = ref()
+        if alive is not None:
+            alive._order_added(item)
+
+    return added
+
+
+def _stream(
+    orders: Iterable[OrderItem] | AsyncIterable[OrderItem],
+) -> AsyncIterable[OrderItem]:
+    """The orders as an async iterable: the bulk engine then reports an invalid item ``failed``.
+
+    (Given a list, it refuses the whole call for one bad item; a kill switch
+    must cancel the rest.)
+    """
+    if isinstance(orders, AsyncIterable):
+        return orders
+    return _feed(orders)
+
+
+async def _feed(orders: Iterable[OrderItem]) -> AsyncIterator[OrderItem]:
+    """Yield the orders, and to the loop now and then on a long list."""
+    for index, item in enumerate(orders):
+        yield item
+        if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+            await asyncio.sleep(0)
 
 
 def _log_failed_run(run: asyncio.Task[CancelReport]) -> None:

@@ -30,6 +30,7 @@ SCENARIOS: Final = {
     3: "benchmarks.ratelimit",
     4: "benchmarks.responsiveness",
     5: "benchmarks.memory",
+    6: "benchmarks.watchdog",
 }
 #: The bench extra; uvloop is optional (the extra leaves it out on Windows).
 REQUIRED: Final = ("aiohttp", "msgspec", "httpx", "trustme", "matplotlib")

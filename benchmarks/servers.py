@@ -15,10 +15,13 @@ documented 200 body (the example in ``shared/api/openapi.yaml``), optionally:
 * through a per-account token bucket (``rate_limit`` cancels/s, ``burst``
   deep). When the bucket is empty the server answers 429 with ``Retry-After``
   and *keeps the account paused* for that long: every request of the account
-  that arrives during the pause is refused too, with the time left as its
+  that arrives during the pause is refused too (in the first ``grace`` seconds,
+  unless the bucket has a token again), with the time left as its
   ``Retry-After``. A request arriving at least ``grace`` seconds after the
   pause began is counted as *inside the pause*: it was sent after the client
-  could have seen the 429 (earlier ones were already in flight).
+  could have seen the 429 (earlier ones were already in flight). The bucket
+  and the pauses are ``asyncstop.testing``'s rate limiter, the one the
+  ``FakeExchange`` of the tests uses.
 
 Any other method (asyncstop's ``warm_up()`` sends HEAD) gets 405 with no body.
 
@@ -48,6 +51,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, cast
+
+from asyncstop.testing._ratelimit import RateLimiter
 
 __all__ = [
     "REPLY_BODY",
@@ -122,7 +127,7 @@ class ServerSpec:
     latency_sigma: float = 0.0
     #: Cancels per second allowed per account (token bucket); None: no limit.
     rate_limit: float | None = None
-    #: Depth of the bucket; None: one second's worth (``rate_limit``).
+    #: Depth of the bucket; None: one second's worth (``rate_limit``, at least 1).
     burst: float | None = None
     #: The pause (and Retry-After, in seconds) that a 429 on an empty bucket starts.
     pause: float = 1.0
@@ -141,26 +146,12 @@ class ServerSpec:
 # -- the server (runs in the child process) ------------------------------------------------
 
 
-class _Account:
-    __slots__ = (
-        "first",
-        "inside_pause",
-        "last",
-        "ok",
-        "pause_end",
-        "pause_start",
-        "pauses",
-        "rejected",
-        "requests",
-        "tokens",
-        "updated",
-    )
+class _AccountStats:
+    """What one account's requests met, for the stats command."""
 
-    def __init__(self, tokens: float, now: float) -> None:
-        self.tokens = tokens
-        self.updated = now
-        self.pause_start = -math.inf
-        self.pause_end = -math.inf
+    __slots__ = ("first", "inside_pause", "last", "ok", "pauses", "rejected", "requests")
+
+    def __init__(self, now: float) -> None:
         self.requests = 0
         self.ok = 0
         self.rejected = 0
@@ -189,7 +180,15 @@ class _State:
         self.loop = loop
         self.rng = random.Random(spec.seed)
         self.protocols: set[_HTTPProtocol] = set()
-        self.accounts: dict[str, _Account] = {}
+        self.accounts: dict[str, _AccountStats] = {}
+        # This server has a process and a loop of its own: no stalls of a
+        # client's loop to excuse, so the grace alone judges the pauses.
+        self.limiter = RateLimiter(
+            spec.rate_limit,
+            burst=spec.burst,
+            retry_after=spec.pause,
+            grace=spec.grace,
+        )
         self.requests = 0
         self.connections = 0
         self.by_status: dict[int, int] = {}
@@ -200,6 +199,7 @@ class _State:
 
     def reset(self) -> None:
         self.accounts.clear()
+        self.limiter.reset()
         self.requests = 0
         self.connections = 0
         self.by_status.clear()
@@ -224,32 +224,23 @@ class _State:
 
     def admit(self, account_id: str, now: float) -> bytes | None:
         """None if the account may cancel now, else the 429 answer to send."""
-        spec = self.spec
-        rate = spec.rate_limit
-        assert rate is not None
-        capacity = rate if spec.burst is None else spec.burst
-        acc = self.accounts.get(account_id)
-        if acc is None:
-            acc = self.accounts[account_id] = _Account(capacity, now)
-        acc.requests += 1
-        acc.last = now
-        if now < acc.pause_end:
-            if now >= acc.pause_start + spec.grace:
-                acc.inside_pause += 1
-            acc.rejected += 1
-            # Rounded up, so that a client obeying it exactly does not come back early.
-            retry_after = math.ceil((acc.pause_end - now) * 1000) / 1000
-            return _rate_limited(f"{retry_after:.3f}")
-        acc.tokens = min(capacity, acc.tokens + (now - acc.updated) * rate)
-        acc.updated = now
-        if acc.tokens >= 1:
-            acc.tokens -= 1
-            acc.ok += 1
+        stats = self.accounts.get(account_id)
+        if stats is None:
+            stats = self.accounts[account_id] = _AccountStats(now)
+        stats.requests += 1
+        stats.last = now
+        refusal = self.limiter.admit(account_id, now)
+        if refusal is None:
+            stats.ok += 1
             return None
-        acc.rejected += 1
-        acc.pauses += 1
-        acc.pause_start, acc.pause_end = now, now + spec.pause
-        return _rate_limited(f"{spec.pause:g}")
+        stats.rejected += 1
+        stats.inside_pause += refusal.violation
+        stats.pauses += refusal.started
+        if refusal.started:
+            return _rate_limited(refusal.retry_after)
+        # The time left, in milliseconds (rounded up by the limiter, so a client
+        # that obeys it exactly does not come back early).
+        return _rate_limited(f"{refusal.remaining:.3f}")
 
     def answer(self, method: bytes, target: bytes, account_id: str | None) -> bytes:
         if method != b"DELETE":

@@ -12,7 +12,7 @@ import asyncstop
 from asyncstop import CancelOutcome
 from asyncstop.testing import FakeExchange, Fault
 
-from .conftest import ACCOUNT, TOKEN
+from .helpers import ACCOUNT, TOKEN
 
 
 def deletes(exchange: FakeExchange) -> int:

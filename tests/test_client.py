@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import aiohttp
 import pytest
@@ -11,19 +14,7 @@ import pytest
 import asyncstop
 from asyncstop.testing import FakeExchange, Fault
 
-from .conftest import ACCOUNT, TOKEN
-
-DOC_EXAMPLE = (
-    b'{"order": {"marketId": "perp.btc_usdt", "marketDisplayName": "Perpetual BTC/USDT", '
-    b'"orderId": "01K2MNGAWPMQJ7WGATFSCAS1G4", "orderType": "Limit", "side": "Sell", '
-    b'"requestedPrice": "115100", "activationPrice": "115000", "requestedAmount": "1", '
-    b'"timeInForce": "Gtc", "status": "Rejected", "createdAt": "2025-08-14T16:09:44.5986099Z", '
-    b'"updatedAt": "2025-08-14T16:09:44.5986103Z", "cancellationDate": null}}'
-)
-
-
-def deletes(exchange: FakeExchange) -> list[object]:
-    return [e for e in exchange.journal if e.method == "DELETE"]
+from .helpers import ACCOUNT, DOC_EXAMPLE, TOKEN, ClientFactory
 
 
 async def test_sends_exactly_the_documented_request(
@@ -61,9 +52,6 @@ async def test_decodes_the_documented_example(
     """The doc's example decodes: 7-digit timestamps, Decimals, nulls, snake_case names."""
     exchange.inject(Fault.reply(200, DOC_EXAMPLE))
     order = await client.cancel_stop_order("01K2MNGAWPMQJ7WGATFSCAS1G4")
-    from datetime import UTC, datetime
-    from decimal import Decimal
-
     assert order.market_id == "perp.btc_usdt"
     assert order.market_display_name == "Perpetual BTC/USDT"
     assert order.order_type == "Limit"
@@ -88,22 +76,25 @@ async def test_decodes_the_documented_example(
         (404, asyncstop.OrderNotFoundError),
         (405, asyncstop.APIStatusError),
         (422, asyncstop.APIStatusError),
+        (418, asyncstop.APIStatusError),
         (429, asyncstop.RateLimitError),
         (500, asyncstop.ServerError),
         (503, asyncstop.ServerError),
+        (504, asyncstop.ServerError),
     ],
 )
 async def test_each_status_raises_its_error(
-    exchange: FakeExchange, status: int, error_class: type[asyncstop.APIStatusError]
+    exchange: FakeExchange,
+    make_client: ClientFactory,
+    status: int,
+    error_class: type[asyncstop.APIStatusError],
 ) -> None:
     """Each error status maps to its class, with the exchange's errorCode and message decoded."""
     body = b'{"errorCode": 12345, "message": "exchange says no", "errors": [{"key": "k"}]}'
     exchange.inject(Fault.error(status, body=body))
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retries=0
-    ) as client:
-        with pytest.raises(error_class) as caught:
-            await client.cancel_stop_order("01K2MNGAWPMQJ7WGATFSCAS1G4")
+    client = await make_client(max_retries=0)
+    with pytest.raises(error_class) as caught:
+        await client.cancel_stop_order("01K2MNGAWPMQJ7WGATFSCAS1G4")
     err = caught.value
     assert type(err) is error_class
     assert err.status_code == status
@@ -118,15 +109,13 @@ async def test_each_status_raises_its_error(
     "body", [b"", b"<html>Bad Gateway</html>", b'{"detail": "nope"}', b"[1,2]"]
 )
 async def test_error_bodies_of_any_shape_give_a_clean_error(
-    exchange: FakeExchange, body: bytes
+    exchange: FakeExchange, make_client: ClientFactory, body: bytes
 ) -> None:
     """An empty, HTML or differently shaped error body still gives the status's error class."""
     exchange.inject(Fault.error(403, body=body))
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retries=0
-    ) as client:
-        with pytest.raises(asyncstop.PermissionDeniedError) as caught:
-            await client.cancel_stop_order("X1")
+    client = await make_client(max_retries=0)
+    with pytest.raises(asyncstop.PermissionDeniedError) as caught:
+        await client.cancel_stop_order("X1")
     assert caught.value.status_code == 403
     assert caught.value.error_code is None
     assert str(caught.value).startswith("HTTP 403")
@@ -221,37 +210,36 @@ async def test_retries_503_then_succeeds(
     assert [e.status for e in exchange.journal] == [503, 503, 200]
 
 
-async def test_retries_stop_after_max_retries(exchange: FakeExchange) -> None:
+async def test_retries_stop_after_max_retries(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
     """With max_retries=2, a server that keeps failing sees 3 requests; the last error is raised."""
     exchange.inject(*[Fault.error(502)] * 5)
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retries=2
-    ) as client:
-        with pytest.raises(asyncstop.ServerError):
-            await client.cancel_stop_order("X1")
+    client = await make_client(max_retries=2)
+    with pytest.raises(asyncstop.ServerError):
+        await client.cancel_stop_order("X1")
     assert len(exchange.journal) == 3
 
 
 @pytest.mark.parametrize("status", [400, 403, 404])
-async def test_definitive_refusals_are_not_retried(exchange: FakeExchange, status: int) -> None:
+async def test_definitive_refusals_are_not_retried(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient, status: int
+) -> None:
     """400, 403 and 404 are final: exactly one request is sent."""
     exchange.inject(Fault.error(status))
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT
-    ) as client:
-        with pytest.raises(asyncstop.APIStatusError):
-            await client.cancel_stop_order("X1")
+    with pytest.raises(asyncstop.APIStatusError):
+        await client.cancel_stop_order("X1")
     assert len(exchange.journal) == 1
 
 
-async def test_max_retries_zero_disables_retries(exchange: FakeExchange) -> None:
+async def test_max_retries_zero_disables_retries(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
     """max_retries=0 sends one request even for a retryable 503."""
     exchange.inject(Fault.error(503))
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retries=0
-    ) as client:
-        with pytest.raises(asyncstop.ServerError):
-            await client.cancel_stop_order("X1")
+    client = await make_client(max_retries=0)
+    with pytest.raises(asyncstop.ServerError):
+        await client.cancel_stop_order("X1")
     assert len(exchange.journal) == 1
 
 
@@ -268,14 +256,14 @@ async def test_429_retry_after_is_honoured(
     assert second.time - first.done_time >= 0.3 - 0.005
 
 
-async def test_retry_after_beyond_the_cap_ends_the_retries(exchange: FakeExchange) -> None:
+async def test_retry_after_beyond_the_cap_ends_the_retries(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
     """A Retry-After longer than max_retry_after raises RateLimitError at once, with its value."""
     exchange.inject(Fault.rate_limited(retry_after="120"))
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retry_after=5
-    ) as client:
-        with pytest.raises(asyncstop.RateLimitError) as caught:
-            await client.cancel_stop_order("X1")
+    client = await make_client(max_retry_after=5)
+    with pytest.raises(asyncstop.RateLimitError) as caught:
+        await client.cancel_stop_order("X1")
     assert caught.value.retry_after == 120
     assert len(exchange.journal) == 1
 
@@ -283,16 +271,14 @@ async def test_retry_after_beyond_the_cap_ends_the_retries(exchange: FakeExchang
 async def test_a_dropped_connection_after_the_cancel_is_one_request_and_reads_as_gone(
     exchange: FakeExchange, client: asyncstop.AsyncStopClient
 ) -> None:
-    """A drop after the cancel applied: the retry meets 404, flagged after_unknown_attempt.
-
-    aiohttp would silently re-send the DELETE once on its own; the client turns
-    that off, so the journal shows exactly the two requests the client made.
-    """
+    """A drop after the cancel applied: the retry meets 404, flagged after_unknown_attempt."""
     order_id = exchange.add_stop_order(account_id=ACCOUNT)
     exchange.inject_for(order_id, Fault.drop(after=True))
     with pytest.raises(asyncstop.OrderNotFoundError) as caught:
         await client.cancel_stop_order(order_id)
     assert caught.value.after_unknown_attempt is True
+    # aiohttp would silently re-send the DELETE once on its own; the client turns
+    # that off, so the journal shows exactly the two requests the client made.
     assert [e.outcome for e in exchange.journal] == ["dropped_after", "not_found"]
     assert order_id not in exchange.open_stop_orders(ACCOUNT)
 
@@ -319,25 +305,25 @@ async def test_another_accounts_order_is_not_found(
     assert order_id in exchange.open_stop_orders("acc-2")
 
 
-async def test_a_hanging_request_times_out(exchange: FakeExchange) -> None:
+async def test_a_hanging_request_times_out(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
     """A request with no answer raises APITimeoutError, which is also a TimeoutError."""
     exchange.inject(Fault.hang())
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, timeout=0.2, max_retries=0
-    ) as client:
-        with pytest.raises(asyncstop.APITimeoutError) as caught:
-            await client.cancel_stop_order("X1")
+    client = await make_client(timeout=0.2, max_retries=0)
+    with pytest.raises(asyncstop.APITimeoutError) as caught:
+        await client.cancel_stop_order("X1")
     assert isinstance(caught.value, TimeoutError)
     assert isinstance(caught.value, asyncstop.APIConnectionError)
 
 
-async def test_connection_refused_is_a_connection_error() -> None:
-    """A server that is not there gives APIConnectionError after the retries."""
-    async with FakeExchange(tokens={TOKEN}) as gone:
-        url = gone.base_url
-    async with asyncstop.AsyncStopClient(
-        base_url=url, token=TOKEN, account_id=ACCOUNT, max_retries=1
-    ) as client:
+async def test_connection_refused_is_a_connection_error(make_client: ClientFactory) -> None:
+    """A port where nothing listens gives APIConnectionError after the retries."""
+    # Bound but not listening: connections are refused, and no other process can take the port.
+    with socket.socket() as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
+        port = closed_port.getsockname()[1]
+        client = await make_client(base_url=f"http://127.0.0.1:{port}", max_retries=1)
         with pytest.raises(asyncstop.APIConnectionError):
             await client.cancel_stop_order("X1")
 
@@ -357,12 +343,16 @@ async def test_redirects_are_not_followed(
 async def test_an_undecodable_2xx_raises_response_validation_error(
     exchange: FakeExchange, client: asyncstop.AsyncStopClient
 ) -> None:
-    """A 200 whose body is not a reply raises ResponseValidationError with the raw body."""
-    exchange.inject(Fault.reply(200, b"<html>ok</html>"))
+    """A 200 that is not the reply is retried, then raised with its body and Content-Type."""
+    page = Fault.reply(200, b"<html>ok</html>", {"Content-Type": "text/html"}, apply=False)
+    exchange.inject(*[page] * 4)
     with pytest.raises(asyncstop.ResponseValidationError) as caught:
         await client.cancel_stop_order("X1")
     assert caught.value.body == b"<html>ok</html>"
     assert caught.value.status_code == 200
+    assert caught.value.content_type == "text/html"
+    assert "text/html" in str(caught.value)
+    assert len(exchange.journal) == 4  # the first attempt and max_retries=3 retries
 
 
 async def test_an_unlisted_status_and_odd_fields_do_not_fail_a_confirmed_cancel(
@@ -381,7 +371,9 @@ async def test_an_unlisted_status_and_odd_fields_do_not_fail_a_confirmed_cancel(
     assert str(order.activation_price) == "115000.5"
 
 
-async def test_a_token_provider_is_asked_again_after_a_401(exchange: FakeExchange) -> None:
+async def test_a_token_provider_is_asked_again_after_a_401(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
     """After a 401 the provider is called again and the request resent once with the new token."""
     tokens = iter(["old-token", "new-token"])
     calls = 0
@@ -394,26 +386,24 @@ async def test_a_token_provider_is_asked_again_after_a_401(exchange: FakeExchang
     exchange.tokens.clear()
     exchange.tokens.add("new-token")
     order_id = exchange.add_stop_order(account_id=ACCOUNT)
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=provider, account_id=ACCOUNT
-    ) as client:
-        order = await client.cancel_stop_order(order_id)
+    client = await make_client(token=provider)
+    order = await client.cancel_stop_order(order_id)
     assert order.order_id == order_id
     assert calls == 2
     assert [e.status for e in exchange.journal] == [401, 200]
 
 
-async def test_a_second_401_raises_authentication_error(exchange: FakeExchange) -> None:
+async def test_a_second_401_raises_authentication_error(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
     """If the fresh token is refused too, AuthenticationError is raised after two requests."""
 
     async def provider() -> str:
         return "never-valid"
 
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=provider, account_id=ACCOUNT
-    ) as client:
-        with pytest.raises(asyncstop.AuthenticationError):
-            await client.cancel_stop_order("X1")
+    client = await make_client(token=provider)
+    with pytest.raises(asyncstop.AuthenticationError):
+        await client.cancel_stop_order("X1")
     assert [e.status for e in exchange.journal] == [401, 401]
 
 
@@ -428,28 +418,24 @@ async def test_a_static_token_401_is_not_retried(
 
 
 async def test_the_token_never_appears_in_reprs_errors_or_logs(
-    exchange: FakeExchange, caplog: pytest.LogCaptureFixture
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With DEBUG logging, retries, a 401 and errors, the token is in no text we produce."""
     caplog.set_level(logging.DEBUG, logger="asyncstop")
     order_id = exchange.add_stop_order(account_id=ACCOUNT)
     exchange.inject(Fault.error(503), Fault.drop(), Fault.rate_limited(retry_after="0.01"))
-    texts: list[str] = []
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT
-    ) as client:
-        texts.append(repr(client))
-        await client.cancel_stop_order(order_id)
-        exchange.tokens.clear()
-        for attempt in (order_id, "X2"):
-            try:
-                await client.cancel_stop_order(attempt)
-            except asyncstop.AsyncStopError as err:
-                texts += [str(err), repr(err), repr(vars(err))]
-                cause = err.__cause__
-                texts += [repr(cause), str(cause)]
-        report = await client.cancel_stop_orders(["X3"])
-        texts += [repr(report), repr(report.results)]
+    texts: list[str] = [repr(client)]
+    await client.cancel_stop_order(order_id)
+    exchange.tokens.clear()
+    for attempt in (order_id, "X2"):
+        try:
+            await client.cancel_stop_order(attempt)
+        except asyncstop.AsyncStopError as err:
+            texts += [str(err), repr(err), repr(vars(err))]
+            cause = err.__cause__
+            texts += [repr(cause), str(cause)]
+    report = await client.cancel_stop_orders(["X3"])
+    texts += [repr(report), repr(report.results)]
     texts += [r.getMessage() for r in caplog.records]
     texts.append(repr(exchange.journal))
     assert any("retrying" in t for t in texts)  # the logging did run
@@ -538,21 +524,17 @@ async def test_warm_up_opens_connections_with_head_requests(
     assert len(exchange.open_stop_orders(ACCOUNT)) == 5
 
 
-def test_aiohttp_still_has_the_private_resend_switch() -> None:
-    """The private attribute asyncstop turns off exists in the installed aiohttp.
-
-    If a future aiohttp renames it, this fails instead of the client silently
-    sending two requests per attempt.
-    """
-
-    async def probe() -> bool:
-        async with aiohttp.ClientSession() as session:
-            return isinstance(getattr(session, "_retry_connection", None), bool)
-
-    assert asyncio.run(probe())
+async def test_aiohttp_still_has_the_private_resend_switch() -> None:
+    """The private attribute asyncstop turns off to stop aiohttp's own resends still exists."""
+    # If a future aiohttp renames it, this fails instead of the client silently
+    # sending two requests per attempt.
+    async with aiohttp.ClientSession() as session:
+        assert isinstance(getattr(session, "_retry_connection", None), bool)
 
 
-async def test_a_burst_after_warm_up_needs_no_new_connection(exchange: FakeExchange) -> None:
+async def test_a_burst_after_warm_up_needs_no_new_connection(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
     """After warm_up(8), eight concurrent cancels reuse the warmed connections: none is opened."""
     ids = exchange.add_stop_orders(8, account_id=ACCOUNT)
     opened = 0
@@ -564,12 +546,8 @@ async def test_a_burst_after_warm_up_needs_no_new_connection(exchange: FakeExcha
     tracing = aiohttp.TraceConfig()
     tracing.on_connection_create_end.append(count_new_connection)
     connector = aiohttp.TCPConnector(limit=8)
-    async with (
-        aiohttp.ClientSession(connector=connector, trace_configs=[tracing]) as session,
-        asyncstop.AsyncStopClient(
-            base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, session=session
-        ) as client,
-    ):
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[tracing]) as session:
+        client = await make_client(session=session)
         assert await client.warm_up(8) == 8
         assert opened == 8
         report = await client.cancel_stop_orders(ids, concurrency=8)

@@ -11,7 +11,7 @@ import asyncstop
 from asyncstop import CancelOutcome
 from asyncstop.testing import FakeExchange, Fault
 
-from .conftest import ACCOUNT, TOKEN
+from .helpers import ACCOUNT, TOKEN
 
 HTML = b"<!doctype html><html><body>Welcome to the hotel Wi-Fi</body></html>"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import email.utils
 import gc
@@ -10,8 +11,10 @@ import os
 import random
 import re
 import signal
+import socket
 import sys
 import time
+import zlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -29,10 +32,13 @@ from asyncstop.testing import (
     LongTailLatency,
     Outcome,
     parse_duration,
+    spread_faults,
+    wait_until,
 )
 
 TOKEN = "t1-very-secret-token"
 PATH = "/frontoffice/api/v3/stop-orders/"
+ACCOUNTS_PATH = "/frontoffice/api/v3/accounts"
 DOCUMENTED_FIELDS = [
     "marketId",
     "marketDisplayName",
@@ -57,6 +63,8 @@ NOT_FOUND_BODY = {
     "errors": [{"key": "orderId", "code": "not_found", "message": "Stop order not found"}],
 }
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Seconds a test waits for the loop to make a condition true (generous for a loaded machine).
+WAIT_LIMIT = 10.0
 
 
 def documented_headers(account_id: str | None = "acc-1", token: str = TOKEN) -> dict[str, str]:
@@ -85,15 +93,6 @@ async def delete(
         **kwargs,
     ) as response:
         return response.status, dict(response.headers), await response.read()
-
-
-async def wait_until_in_flight(exchange: FakeExchange, count: int) -> None:
-    """Wait (at most 10 s) until ``count`` DELETE requests are inside the exchange."""
-    for _ in range(2000):
-        if exchange.in_flight >= count:
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"only {exchange.in_flight} of {count} requests arrived")
 
 
 @pytest.fixture
@@ -637,7 +636,7 @@ async def test_max_in_flight_counts_concurrent_requests(session: aiohttp.ClientS
         ids = exchange.add_stop_orders(5)
         exchange.inject(*[Fault.hang() for _ in ids])
         requests = [asyncio.create_task(delete(session, exchange, oid)) for oid in ids]
-        await wait_until_in_flight(exchange, 5)
+        await wait_until(lambda: exchange.in_flight >= 5, timeout=WAIT_LIMIT)
         assert exchange.max_in_flight == 5
         assert [e.outcome for e in exchange.journal] == ["hung"] * 5
         assert all(e.done_time == float("inf") for e in exchange.journal)
@@ -661,7 +660,7 @@ async def test_close_releases_hung_and_slow_requests_cleanly(
     hung, slow = exchange.add_stop_orders(2)
     exchange.inject_for(hung, Fault.hang())
     requests = [asyncio.create_task(delete(session, exchange, oid)) for oid in (hung, slow)]
-    await wait_until_in_flight(exchange, 2)
+    await wait_until(lambda: exchange.in_flight >= 2, timeout=WAIT_LIMIT)
     async with asyncio.timeout(10):
         await exchange.close()
         await exchange.close()  # idempotent
@@ -710,23 +709,17 @@ async def test_lifetime() -> None:
 
 
 def test_public_names() -> None:
-    """The public names are exported and show asyncstop.testing as their module."""
-    assert set(asyncstop.testing.__all__) == {
-        "FakeExchange",
-        "FakeStopOrder",
-        "Fault",
-        "Faults",
-        "JournalEntry",
-        "LongTailLatency",
-        "Outcome",
-        "main",
-        "parse_duration",
+    """Every public name is in __all__, documented, and shows asyncstop.testing as its module."""
+    public = {
+        name
+        for name, value in vars(asyncstop.testing).items()
+        if not name.startswith("_") and not isinstance(value, type(asyncstop))
     }
+    assert set(asyncstop.testing.__all__) == public
     for name in asyncstop.testing.__all__:
-        public = getattr(asyncstop.testing, name)
-        assert public.__doc__
-        if isinstance(public, type):
-            assert public.__module__ == "asyncstop.testing"
+        value = getattr(asyncstop.testing, name)
+        assert value.__doc__, name
+        assert value.__module__ == "asyncstop.testing", name
 
 
 # -- the command line -------------------------------------------------------------
@@ -748,12 +741,62 @@ def test_parse_duration_refuses(text: str) -> None:
         parse_duration(text)
 
 
-def test_main_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
-    """main() exits with status 2 and a message for an out-of-range argument."""
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--fault-rate", "2"], "argument --fault-rate: must be between 0 and 1"),
+        (["--port", "99999"], "argument --port: a port is from 0 to 65535"),
+        (["--orders", "many"], "argument --orders: 'many' is not a whole number"),
+        (["--latency", "fast"], "argument --latency: not a duration"),
+    ],
+)
+def test_main_refuses_bad_arguments(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    """A bad argument exits 2 with an argparse message under the command's own name."""
     with pytest.raises(SystemExit) as exit_info:
-        asyncstop.testing.main(["--fault-rate", "2"])
+        asyncstop.testing.main(argv)
     assert exit_info.value.code == 2
-    assert "between 0 and 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"python -m asyncstop.testing: error: {message}" in err
+    assert "Traceback" not in err
+
+
+def test_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help states each option's default, in words where there is no value."""
+    with pytest.raises(SystemExit) as exit_info:
+        asyncstop.testing.main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for stated in (
+        "(default: 8080)",
+        "stop orders per account (default: 1000)",
+        "(default: a random one, printed at start)",
+        "(default: no limit)",
+        "(default: standard output)",
+        "(default: 0.0)",
+    ):
+        assert stated in text
+    assert "(default: None)" not in text
+
+
+def test_another_command_line_registers_the_same_arguments(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """add_fake_exchange_arguments + run_fake_exchange: a taken port is one error line, exit 2."""
+    parser = argparse.ArgumentParser(prog="asyncstop fake-exchange")
+    asyncstop.testing.add_fake_exchange_arguments(parser)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = parser.parse_args(["--port", str(port), "--orders", "1", "--token", TOKEN])
+        assert (args.port, args.orders, args.accounts, args.seed) == (port, 1, 1, 0)
+        assert asyncstop.testing.run_fake_exchange(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("asyncstop fake-exchange: error: ")
+    assert err.count("\n") == 1
+    assert TOKEN not in err
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM cannot be caught on Windows")
@@ -818,10 +861,378 @@ async def test_a_hung_request_leaves_in_flight_when_its_client_gives_up(
                 headers=documented_headers(),
                 timeout=aiohttp.ClientTimeout(total=0.2),
             )
-        async with asyncio.timeout(5):
-            while exchange.in_flight:
-                await asyncio.sleep(0.005)
+        await wait_until(lambda: exchange.in_flight == 0, timeout=WAIT_LIMIT)
         [entry] = exchange.journal
         assert entry.outcome == "hung"
         assert entry.status is None
         assert order_id in exchange.open_stop_orders()
+
+
+# -- answers that are not the exchange's (knobs for the evidence rules) ---------------
+
+
+async def test_a_200_html_page_or_empty_body_leaves_the_order_live(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Fault.reply(..., apply=False) answers a 200 HTML page or an empty 200 and cancels nothing."""
+    async with FakeExchange(tokens={TOKEN}) as exchange:
+        portal, empty = exchange.add_stop_orders(2)
+        page = b"<!doctype html><html><body>Sign in to continue</body></html>"
+        exchange.inject_for(
+            portal, Fault.reply(200, page, {"Content-Type": "text/html"}, apply=False)
+        )
+        exchange.inject_for(empty, Fault.reply(200, b"", apply=False))
+        status, headers, body = await delete(session, exchange, portal)
+        assert (status, headers["Content-Type"], body) == (200, "text/html", page)
+        status, headers, body = await delete(session, exchange, empty)
+        assert (status, headers["Content-Length"], body) == (200, "0", b"")
+        assert exchange.open_stop_orders() == {portal, empty}
+        assert [(e.outcome, e.applied) for e in exchange.journal] == [("replied", False)] * 2
+
+
+async def test_fault_other_order_answers_about_another_order(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Fault.other_order answers a documented 200 about another order id; both orders stay live."""
+    async with FakeExchange(tokens={TOKEN}) as exchange:
+        asked, neighbour = exchange.add_stop_orders(2)
+        exchange.inject_for(asked, Fault.other_order(), Fault.other_order(neighbour))
+        status, _, body = await delete(session, exchange, asked)
+        order = json.loads(body)["order"]
+        assert status == 200
+        assert list(order) == DOCUMENTED_FIELDS
+        assert order["orderId"] == "01K2MNGAWPMQJ7WGATFSCAS1G4"  # the documented example's id
+        assert order["marketId"] == exchange.orders[asked].market_id
+        status, _, body = await delete(session, exchange, asked)
+        assert json.loads(body)["order"]["orderId"] == neighbour
+        assert exchange.open_stop_orders() == {asked, neighbour}
+        assert [(e.status, e.outcome, e.applied) for e in exchange.journal] == [
+            (200, "replied", False)
+        ] * 2
+
+
+async def test_fault_huge_body_streams_its_size(session: aiohttp.ClientSession) -> None:
+    """Fault.huge_body(n) sends exactly n bytes of non-JSON filler with a Content-Length."""
+    size = 3_000_001
+    async with FakeExchange(tokens={TOKEN}) as exchange:
+        order_id = exchange.add_stop_order()
+        exchange.inject(Fault.huge_body(size))
+        status, headers, body = await delete(session, exchange, order_id)
+        assert (status, headers["Content-Length"], len(body)) == (200, str(size), size)
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(body)
+        assert exchange.open_stop_orders() == {order_id}
+        [entry] = exchange.journal
+        assert (entry.status, entry.outcome, entry.applied) == (200, "replied", False)
+
+
+async def test_fault_endless_body_streams_until_the_client_leaves(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Fault.endless_body streams past any size and ends when its client closes the connection."""
+    async with FakeExchange(tokens={TOKEN}) as exchange:
+        order_id = exchange.add_stop_order()
+        exchange.inject(Fault.endless_body(content_type="text/plain"))
+        received = 0
+        async with session.delete(
+            exchange.base_url + PATH + order_id, headers=documented_headers()
+        ) as response:
+            assert response.status == 200
+            assert "Content-Length" not in response.headers
+            async for chunk in response.content.iter_chunked(1 << 16):
+                received += len(chunk)
+                if received > 8_000_000:
+                    break
+            assert exchange.in_flight == 1  # still streaming
+            response.close()
+        await wait_until(lambda: exchange.in_flight == 0, timeout=WAIT_LIMIT)
+        [entry] = exchange.journal
+        assert (entry.outcome, entry.applied) == ("replied", False)
+        assert entry.done_time < float("inf")
+        assert exchange.open_stop_orders() == {order_id}
+
+
+async def test_close_ends_an_endless_body_its_client_stopped_reading(
+    session: aiohttp.ClientSession,
+) -> None:
+    """close() ends a stream blocked on a client that no longer reads, without waiting for it."""
+    exchange = FakeExchange(tokens={TOKEN})
+    await exchange.start()
+    order_id = exchange.add_stop_order()
+    exchange.inject(Fault.endless_body())
+    async with session.delete(
+        exchange.base_url + PATH + order_id, headers=documented_headers()
+    ) as response:
+        assert response.status == 200
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await exchange.close()
+        # The exchange's shutdown timeout is 5 s; a stream left to it would take that long.
+        assert loop.time() - started < 4
+    assert exchange.in_flight == 0
+
+
+async def test_fault_gzip_bomb_is_small_on_the_wire_and_large_inflated(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Fault.gzip_bomb(n) sends a valid gzip body about n/1000 bytes long that inflates to n."""
+    size = 48 * 1024 * 1024 + 5
+    async with FakeExchange(tokens={TOKEN}) as exchange:
+        order_id = exchange.add_stop_order()
+        exchange.inject(Fault.gzip_bomb(size))
+        status, headers, wire = await delete(session, exchange, order_id, auto_decompress=False)
+        assert (status, headers["Content-Encoding"]) == (200, "gzip")
+        assert int(headers["Content-Length"]) == len(wire) < size // 500
+        inflated = zlib.decompress(wire, wbits=31)  # checks the CRC and length too
+        assert len(inflated) == size
+        assert exchange.open_stop_orders() == {order_id}
+
+
+async def test_fault_stale_reply_is_read_by_the_next_request_on_the_connection() -> None:
+    """After Fault.stale_reply, the connection's next request reads a 200 about the first order."""
+    async with (
+        FakeExchange(tokens={TOKEN}) as exchange,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session,
+    ):
+        first, second = exchange.add_stop_orders(2)
+        exchange.inject_for(first, Fault.stale_reply())
+        exchange.inject_for(second, Fault.error(503))
+        status, _, body = await delete(session, exchange, first)
+        assert (status, json.loads(body)["order"]["orderId"]) == (200, first)
+        status, _, body = await delete(session, exchange, second)
+        # The exchange answered 503 and cancelled nothing; the client read the stale 200.
+        assert (status, json.loads(body)["order"]["orderId"]) == (200, first)
+        assert exchange.stale_replies_sent == 1
+        assert exchange.open_stop_orders() == {second}
+        assert [(e.order_id, e.status) for e in exchange.journal] == [(first, 200), (second, 503)]
+
+
+async def test_fault_stale_reply_with_idle_is_written_on_the_idle_connection() -> None:
+    """Fault.stale_reply(idle=...) writes its extra 200 while the connection sits idle."""
+    async with (
+        FakeExchange(tokens={TOKEN}) as exchange,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session,
+    ):
+        first, second = exchange.add_stop_orders(2)
+        exchange.inject_for(first, Fault.stale_reply(idle=0.05))
+        assert (await delete(session, exchange, first))[0] == 200
+        await wait_until(lambda: exchange.stale_replies_sent == 1, timeout=WAIT_LIMIT)
+        assert [e.order_id for e in exchange.journal] == [first]  # written with no request
+        status, _, body = await delete(session, exchange, second)
+        assert (status, json.loads(body)["order"]["orderId"]) == (200, first)
+
+
+def test_odd_answer_faults_are_validated() -> None:
+    """Impossible sizes, statuses and idle times are refused when the fault is built."""
+    with pytest.raises(ValueError, match="size"):
+        Fault.huge_body(-1)
+    with pytest.raises(ValueError, match="size"):
+        Fault.gzip_bomb(True)
+    with pytest.raises(ValueError, match="status"):
+        Fault.endless_body(status=700)
+    with pytest.raises(ValueError, match="idle"):
+        Fault.stale_reply(idle=float("nan"))
+    with pytest.raises(ValueError, match="order_id"):
+        Fault.other_order("a/b")
+
+
+# -- GET /accounts and the accounts a token may use --------------------------------------
+
+
+async def accounts(
+    session: aiohttp.ClientSession, exchange: FakeExchange, token: str = TOKEN
+) -> tuple[int, Any]:
+    """GET /frontoffice/api/v3/accounts as documented; return (status, decoded body)."""
+    async with session.get(
+        exchange.base_url + ACCOUNTS_PATH,
+        headers={"Authorization": f"Bearer {token}", "Accept": "*/*"},
+    ) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def test_get_accounts_lists_the_tokens_accounts(session: aiohttp.ClientSession) -> None:
+    """GET /accounts answers the documented array of the token's accounts, in its order."""
+    async with FakeExchange(tokens={TOKEN: ["acc-2", "acc-1"], "other": ["acc-3"]}) as exchange:
+        exchange.add_account(
+            "acc-2",
+            account_name="Main",
+            account_type="Netting",
+            total_balance_in_rat="6020.12",
+            is_copy_trading_account=True,
+        )
+        status, listed = await accounts(session, exchange)
+        assert status == 200
+        assert listed == [
+            {
+                "accountId": "acc-2",
+                "accountName": "Main",
+                "accountType": "Netting",
+                "totalBalanceInRAT": "6020.12",
+                "isCopyTradingAccount": True,
+            },
+            {
+                "accountId": "acc-1",
+                "accountName": "Fake Hedging account acc-1",
+                "accountType": "Hedging",
+                "totalBalanceInRAT": "10000.00",
+                "isCopyTradingAccount": False,
+            },
+        ]
+        assert [a["accountId"] for a in (await accounts(session, exchange, "other"))[1]] == [
+            "acc-3"
+        ]
+        [entry, _] = exchange.journal
+        assert (entry.method, entry.status, entry.outcome) == ("GET", 200, "accounts")
+        assert entry.account_id is None
+        assert exchange.max_in_flight == 0  # not a DELETE in flight
+
+
+async def test_a_token_without_a_list_may_use_every_account(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A token given in a set lists every account the exchange knows and may cancel on any."""
+    async with FakeExchange(tokens={TOKEN}) as exchange:
+        theirs = exchange.add_stop_order("acc-9")
+        exchange.add_stop_orders(2, account_id="acc-1")
+        exchange.add_account("acc-empty")
+        status, listed = await accounts(session, exchange)
+        assert status == 200
+        assert [a["accountId"] for a in listed] == ["acc-9", "acc-1", "acc-empty"]
+        assert (await delete(session, exchange, theirs, documented_headers("acc-9")))[0] == 200
+
+
+async def test_get_accounts_refuses_a_refused_token(session: aiohttp.ClientSession) -> None:
+    """GET /accounts answers 401 with the error body to a token the exchange does not accept."""
+    async with FakeExchange(tokens={TOKEN}) as exchange:
+        exchange.add_stop_order()
+        status, body = await accounts(session, exchange, token="not-accepted")
+        assert (status, body["errorCode"]) == (401, 10005)
+        assert [(e.method, e.outcome, e.authorized) for e in exchange.journal] == [
+            ("GET", "unauthorized", False)
+        ]
+
+
+async def test_a_delete_on_an_account_the_token_may_not_use_is_not_found(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A DELETE on an account outside the token's list gets the not-found 404, cancels nothing."""
+    async with FakeExchange(tokens={TOKEN: ["acc-1"]}) as exchange:
+        mine = exchange.add_stop_order("acc-1")
+        theirs = exchange.add_stop_order("acc-2")
+        status, _, body = await delete(session, exchange, theirs, documented_headers("acc-2"))
+        assert (status, json.loads(body)) == (404, NOT_FOUND_BODY)
+        assert (await delete(session, exchange, mine))[0] == 200
+        assert exchange.open_stop_orders() == {theirs}
+        assert [e.outcome for e in exchange.journal] == ["account_not_allowed", "cancelled"]
+        exchange.token_accounts[TOKEN].append("acc-2")
+        assert (await delete(session, exchange, theirs, documented_headers("acc-2")))[0] == 200
+
+
+async def test_get_accounts_takes_its_own_faults(session: aiohttp.ClientSession) -> None:
+    """inject_accounts gives GET /accounts a gateway's HTML page or a 404, then the real list."""
+    async with FakeExchange(tokens={TOKEN}) as exchange:
+        exchange.add_stop_order()
+        page = b"<html>Welcome</html>"
+        exchange.inject_accounts(
+            Fault.reply(200, page, {"Content-Type": "text/html"}), Fault.error(404)
+        )
+        async with session.get(
+            exchange.base_url + ACCOUNTS_PATH, headers=documented_headers()
+        ) as response:
+            assert (response.status, await response.read()) == (200, page)
+        assert (await accounts(session, exchange))[0] == 404
+        assert (await accounts(session, exchange))[0] == 200
+        assert exchange.pending_faults == 0
+        with pytest.raises(ValueError, match="order"):
+            exchange.inject_accounts(Fault.other_order())
+
+
+def test_accounts_are_validated() -> None:
+    """Account types other than Hedging and Netting, bad balances and bare-str lists are refused."""
+    exchange = FakeExchange(tokens={TOKEN})
+    with pytest.raises(ValueError, match="Hedging"):
+        exchange.add_account("acc-1", account_type="Cash")
+    with pytest.raises(ValueError, match="decimal"):
+        exchange.add_account("acc-1", total_balance_in_rat="lots")
+    with pytest.raises(TypeError, match="account ids"):
+        FakeExchange(tokens={TOKEN: "acc-1"})
+
+
+# -- a schedule of certain faults ----------------------------------------------------
+
+
+async def test_a_schedule_fires_by_request_number(session: aiohttp.ClientSession) -> None:
+    """schedule={n: fault} gives the n-th request past the gate its fault, ahead of queued ones."""
+    async with FakeExchange(
+        tokens={TOKEN}, schedule={2: Fault.error(502), 4: Fault.error(504)}
+    ) as exchange:
+        ids = exchange.add_stop_orders(4)
+        exchange.inject_for(ids[1], Fault.error(500))
+        assert exchange.pending_faults == 3
+        await delete(session, exchange, ids[0], documented_headers(token="refused"))  # gate: 401
+        statuses = [(await delete(session, exchange, oid))[0] for oid in ids]
+        # ids[1] was request 2: the schedule won, and its own fault waited for its next request.
+        assert statuses == [200, 502, 200, 504]
+        assert (await delete(session, exchange, ids[1]))[0] == 500
+        assert exchange.pending_faults == 0
+        assert exchange.requests_numbered == 5
+        with pytest.raises(ValueError, match="after the 5 requests"):
+            exchange.inject_at(5, Fault.drop())
+        exchange.inject_at(6, Fault.drop())
+        with pytest.raises(ValueError, match="already"):
+            exchange.inject_at(6, Fault.hang())
+
+
+def test_spread_faults_is_seeded_and_within_range() -> None:
+    """spread_faults puts each fault at its own request number, the same for the same seed."""
+    faults = [Fault.rate_limited("0.25")] * 5 + [Fault.hang()] * 3
+    schedule = spread_faults(faults, within=40, seed=7)
+    assert sorted(schedule.values(), key=repr) == sorted(faults, key=repr)
+    assert all(1 <= number <= 40 for number in schedule)
+    assert spread_faults(faults, within=40, seed=7) == schedule
+    assert spread_faults(faults, within=40, seed=8) != schedule
+    with pytest.raises(ValueError, match="within"):
+        spread_faults(faults, within=7)
+
+
+# -- judging 429 pauses ---------------------------------------------------------------
+
+
+async def test_a_loop_stall_after_a_429_is_excused_but_not_a_later_request(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A request stamped late by a stall of the shared loop is excused; one sent later is not."""
+    async with FakeExchange(tokens={TOKEN}, pause_grace=0.1) as exchange:
+        ids = exchange.add_stop_orders(3)
+        exchange.inject(Fault.rate_limited("30"))
+        assert (await delete(session, exchange, ids[0]))[0] == 429
+        # Stands for a garbage-collector pass or the OS descheduling the process:
+        # everything on the loop, the exchange's stamping included, waits.
+        time.sleep(0.3)  # noqa: ASYNC251 - the stall is the point
+        # Excused like a request inside the grace: it passes, as there is no token bucket.
+        assert (await delete(session, exchange, ids[1]))[0] == 200
+        assert exchange.pause_violations == []
+        await asyncio.sleep(0.6)  # no stall: the loop ran, the client could have read the 429
+        assert (await delete(session, exchange, ids[2]))[0] == 429
+        assert [e.order_id for e in exchange.pause_violations] == [ids[2]]
+
+
+# -- wait_until -----------------------------------------------------------------------
+
+
+async def test_wait_until_returns_once_the_loop_makes_it_true() -> None:
+    """wait_until returns as soon as another callback on the loop makes the predicate true."""
+    flag: list[bool] = []
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, flag.append, True)
+    await wait_until(lambda: flag, timeout=WAIT_LIMIT)
+    assert flag == [True]
+
+
+async def test_wait_until_fails_naming_the_timeout() -> None:
+    """wait_until raises AssertionError naming the predicate and the timeout when it stays false."""
+    with pytest.raises(AssertionError, match=r"still false after 0\.05 s") as failure:
+        await wait_until(lambda: False, timeout=0.05)
+    assert "test_fake_exchange.py" in str(failure.value)
+    with pytest.raises(ValueError, match="timeout"):
+        await wait_until(lambda: True, timeout=0)

@@ -10,7 +10,7 @@ import asyncstop
 from asyncstop import CancelOutcome
 from asyncstop.testing import FakeExchange, Fault
 
-from .conftest import ACCOUNT, PAUSE_GRACE, TOKEN
+from .helpers import ACCOUNT, PAUSE_GRACE, TOKEN
 
 
 def requests_per_order(exchange: FakeExchange) -> Counter[str | None]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,7 @@ import asyncstop
 from asyncstop import CancelOutcome, KillSwitch, StopOrderRegistry
 from asyncstop.testing import FakeExchange, Fault, Faults
 
-from .conftest import ACCOUNT, TOKEN, client_tasks
+from .helpers import ACCOUNT, TOKEN, client_tasks
 
 
 async def test_trigger_cancels_every_registered_order_and_empties_the_registry(
@@ -157,23 +159,6 @@ async def test_a_paused_account_does_not_hold_back_another(exchange: FakeExchang
     assert exchange.pause_violations == []
 
 
-def test_registry_validates_and_forgets() -> None:
-    """The registry refuses unsafe ids, and discard forgets an order (per account if given)."""
-    registry = StopOrderRegistry()
-    registry.add("A1")
-    registry.add("B1", account_id="acc-2")
-    with pytest.raises(ValueError, match="order id"):
-        registry.add("a/b")
-    with pytest.raises(ValueError, match="account id"):
-        registry.add("C1", account_id="x\r\ny")
-    registry.discard("B1", account_id="other")
-    assert "B1" in registry
-    registry.discard("B1")
-    registry.discard("never-added")
-    assert registry.snapshot() == ["A1"]
-    assert repr(registry) == "<StopOrderRegistry 1 orders>"
-
-
 @pytest.mark.parametrize(
     ("setting", "value"), [("concurrency", 0), ("deadline", -1.0), ("rate_limit", 0.0)]
 )
@@ -191,3 +176,215 @@ def test_kill_switch_needs_no_loop_to_build() -> None:
     assert not switch.running
     assert switch.last_report is None
     assert CancelOutcome.NOT_SENT == "not_sent"
+
+
+# -- issue 10: never raises for an item, tripped, last_report, arm ---------------------------
+
+
+async def test_an_invalid_item_is_reported_failed_and_the_rest_is_cancelled(
+    exchange: FakeExchange,
+) -> None:
+    """A bare id with a client that has no account: that one fails, trigger() cancels the rest."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    registry = StopOrderRegistry([(ACCOUNT, i) for i in ids])
+    registry.add("BARE-1")
+    async with asyncstop.AsyncStopClient(base_url=exchange.base_url, token=TOKEN) as client:
+        report = await KillSwitch(client, registry).trigger()
+    assert len(report) == 6
+    assert report.counts[CancelOutcome.FAILED] == 1
+    bad = report.pending[0]
+    assert bad.order_id == "BARE-1"
+    assert isinstance(bad.error, asyncstop.InvalidInputError)
+    assert bad.attempts == 0
+    assert not exchange.open_stop_orders()
+    assert registry.snapshot() == ["BARE-1"]  # may still be live: kept
+
+
+async def test_a_list_source_with_an_invalid_item_does_not_raise(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """A plain list source gets the same treatment: one failed result, the others cancelled."""
+    ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
+    report = await KillSwitch(client, [*ids, ("acc-1", "a/b")]).trigger()
+    assert [r.outcome for r in report.results] == [CancelOutcome.CANCELLED] * 3 + [
+        CancelOutcome.FAILED
+    ]
+    assert not exchange.open_stop_orders()
+
+
+async def test_a_tripped_switch_cancels_orders_added_afterwards_until_reset(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """After it fired, a newly added stop is cancelled as it comes; after reset() it stays."""
+    first, late, after_reset = (exchange.add_stop_orders(2, account_id=ACCOUNT) for _ in range(3))
+    registry = StopOrderRegistry(first)
+    switch = KillSwitch(client, registry)
+    assert not switch.tripped
+    await switch.trigger()
+    assert switch.tripped
+    for order_id in late:
+        registry.add(order_id)
+    async with asyncio.timeout(5):
+        while exchange.open_stop_orders() & set(late) or len(registry):
+            await asyncio.sleep(0.005)
+    switch.reset()
+    assert not switch.tripped
+    for order_id in after_reset:
+        registry.add(order_id)
+    # A switch that still cancelled would have sent the DELETEs by the time a
+    # request of our own has made the round trip.
+    with pytest.raises(asyncstop.OrderNotFoundError):
+        await client.cancel_stop_order(first[0])  # already gone
+    await asyncio.sleep(0.05)
+    assert set(after_reset) <= exchange.open_stop_orders()
+    assert sorted(registry.snapshot()) == sorted(after_reset)
+    assert not [e for e in exchange.journal if e.order_id in after_reset]
+
+
+async def test_wait_tripped_returns_when_the_switch_fires(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """A task waiting on wait_tripped() wakes up when another task triggers the switch."""
+    switch = KillSwitch(client, StopOrderRegistry(exchange.add_stop_orders(3, account_id=ACCOUNT)))
+    waiter = asyncio.create_task(switch.wait_tripped())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    report = await switch.trigger()
+    async with asyncio.timeout(5):
+        await waiter
+    assert report.ok
+    await switch.wait_tripped()  # tripped already: returns at once
+
+
+async def test_last_report_is_never_replaced_by_an_empty_run(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """A second trigger with nothing left returns an empty report; last_report keeps the first."""
+    switch = KillSwitch(client, StopOrderRegistry(exchange.add_stop_orders(4, account_id=ACCOUNT)))
+    first = await switch.trigger()
+    second = await switch.trigger()
+    assert len(first) == 4
+    assert len(second) == 0
+    assert switch.last_report is first
+
+
+async def test_arm_warms_the_connections_ahead_of_the_emergency(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """arm() opens the client's connections (HEAD warm-ups) and cancels nothing."""
+    ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
+    switch = KillSwitch(client, StopOrderRegistry(ids))
+    assert await switch.arm(4) == 4
+    warm = [e for e in exchange.journal if e.outcome == "warm_up"]
+    assert len(warm) == 4
+    assert not [e for e in exchange.journal if e.method == "DELETE"]
+    assert exchange.open_stop_orders() == set(ids)
+
+
+# -- signals, with a bot in its own process ---------------------------------------------------
+
+_BOT = """
+import asyncio, sys
+import asyncstop
+
+async def main(base_url, token, mode, ids):
+    registry = asyncstop.StopOrderRegistry(ids)
+    async with asyncstop.AsyncStopClient(base_url=base_url, token=token, account_id="acc-1") as c:
+        switch = asyncstop.KillSwitch(c, registry, deadline=30)
+        switch.install_signal_handlers()
+        try:
+            print("ready", flush=True)
+            if mode == "pattern":
+                await switch.wait_tripped()
+                report = await switch.trigger()
+                print("report", len(report), report.ok, flush=True)
+                return 0
+            await asyncio.Event().wait()  # a bot that never looks at the switch
+        finally:
+            print("closing", len(registry), flush=True)
+    return 5
+
+sys.exit(asyncio.run(main(sys.argv[1], input(), sys.argv[2], sys.argv[3:])))
+"""
+
+
+async def _start_bot(
+    exchange: FakeExchange, mode: str, ids: list[str], *wrapper: str
+) -> asyncio.subprocess.Process:
+    bot = await asyncio.create_subprocess_exec(
+        *wrapper,
+        sys.executable,
+        "-c",
+        _BOT,
+        exchange.base_url,
+        mode,
+        *ids,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert bot.stdin is not None
+    assert bot.stdout is not None
+    bot.stdin.write(TOKEN.encode() + b"\n")
+    await bot.stdin.drain()
+    async with asyncio.timeout(30):
+        assert await bot.stdout.readline() == b"ready\n"
+    return bot
+
+
+async def test_a_bot_under_timeout_ends_with_its_stops_cancelled(exchange: FakeExchange) -> None:
+    """SIGTERM via `timeout`: the bot cancels its stops, closes its client and exits 143."""
+    ids = exchange.add_stop_orders(20, account_id=ACCOUNT)
+    bot = await _start_bot(exchange, "plain", ids, "timeout", "60")
+    assert bot.stdout is not None
+    bot.send_signal(signal.SIGTERM)  # `timeout` passes it on to the bot
+    async with asyncio.timeout(30):
+        out = await bot.stdout.read()
+        status = await bot.wait()
+    assert status == 128 + signal.SIGTERM
+    assert out == b"closing 0\n"  # unwound through its finally and `async with`
+    assert not exchange.open_stop_orders()
+
+
+async def test_a_bot_waiting_on_the_switch_decides_when_to_exit(exchange: FakeExchange) -> None:
+    """With wait_tripped(), SIGINT fires the switch and the bot gets the report and exits 0."""
+    ids = exchange.add_stop_orders(20, account_id=ACCOUNT)
+    bot = await _start_bot(exchange, "pattern", ids)
+    assert bot.stdout is not None
+    bot.send_signal(signal.SIGINT)
+    async with asyncio.timeout(30):
+        out = await bot.stdout.read()
+        status = await bot.wait()
+    assert (status, out) == (0, b"report 20 True\nclosing 0\n")
+    assert not exchange.open_stop_orders()
+
+
+async def test_a_second_signal_exits_at_once(exchange: FakeExchange) -> None:
+    """While the first signal's run hangs, a second SIGINT ends the process by the signal."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    exchange.faults = Faults(hang=1.0)
+    bot = await _start_bot(exchange, "plain", ids)
+    bot.send_signal(signal.SIGINT)
+    async with asyncio.timeout(30):
+        while exchange.in_flight < 5:
+            await asyncio.sleep(0.005)
+    bot.send_signal(signal.SIGINT)
+    async with asyncio.timeout(30):
+        status = await bot.wait()
+    assert status == -signal.SIGINT
+    assert exchange.open_stop_orders() == set(ids)
+
+
+async def test_a_durable_registry_keeps_only_what_may_be_live(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient, tmp_path: Path
+) -> None:
+    """With an SQLite registry, trigger() leaves exactly the failed orders in the file."""
+    ids = exchange.add_stop_orders(300, account_id=ACCOUNT)
+    exchange.inject_for(ids[7], Fault.error(403))
+    with StopOrderRegistry.open(tmp_path / "stops.db") as registry:
+        for order_id in ids:
+            registry.add(order_id)
+        report = await KillSwitch(client, registry).trigger()
+        assert registry.snapshot() == [ids[7]]
+    assert [r.order_id for r in report.pending] == [ids[7]]
+    with StopOrderRegistry.open(tmp_path / "stops.db") as reopened:
+        assert reopened.snapshot() == [ids[7]]

@@ -55,10 +55,11 @@ def _imported_units(source: str, package_parts: tuple[str, ...]) -> set[str]:
                 module = ".".join([*base, *(node.module.split(".") if node.module else [])])
             else:
                 module = node.module or ""
-            names = [module]
-            if not node.module or module == "asyncstop":
+            if module == "asyncstop":
                 # `from . import x` / `from asyncstop import x`: x may be a module.
-                names += [f"{module}.{alias.name}" for alias in node.names]
+                names = [f"{module}.{alias.name}" for alias in node.names]
+            else:
+                names = [module]
         for name in names:
             parts = name.split(".")
             if parts[0] != "asyncstop":
@@ -111,19 +112,34 @@ def test_the_import_check_catches_a_hidden_upward_import() -> None:
     assert RANK["_client"] >= RANK["_bulk"]
 
 
+def _own_private_names(tree: ast.Module) -> set[str]:
+    """Private names a module defines itself: its methods, attributes and slots."""
+    own: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            own.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            own.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            own.add(node.value)  # __slots__ entries
+    return own
+
+
 @pytest.mark.parametrize("unit", sorted(PUBLIC_NAMES_ONLY))
 def test_outer_layers_use_no_private_member_of_another_object(unit: str) -> None:
-    """The kill switch, the watchdog and the CLI touch no ``obj._private`` but their own."""
+    """The kill switch, the watchdog and the CLI touch no other module's ``obj._private``."""
     paths = [PACKAGE / f"{unit}.py"] if (PACKAGE / f"{unit}.py").exists() else []
     paths += sorted((PACKAGE / unit).rglob("*.py")) if (PACKAGE / unit).is_dir() else []
     offenders = []
     for path in paths:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        own = _own_private_names(tree)
+        for node in ast.walk(tree):
             if (
                 isinstance(node, ast.Attribute)
                 and node.attr.startswith("_")
                 and not node.attr.startswith("__")
-                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                and node.attr not in own
             ):
                 offenders.append(f"{path.name}:{node.lineno} .{node.attr}")
     assert offenders == []

@@ -5,41 +5,65 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import asyncstop
-from asyncstop import CancelOutcome
-from asyncstop.testing import FakeExchange, Faults, LongTailLatency
+from asyncstop.testing import FakeExchange, Fault, Faults, LongTailLatency, spread_faults
 
-from .conftest import PAUSE_GRACE, TOKEN
+from .helpers import PAUSE_GRACE, TOKEN
 
-SUCCESS = {CancelOutcome.CANCELLED, CancelOutcome.ALREADY_GONE}
+STOP_ORDERS = "/frontoffice/api/v3/stop-orders/"
 
 
 def check_report_against_exchange(
-    report: asyncstop.CancelReport, items: list[tuple[str, str]], exchange: FakeExchange
+    report: asyncstop.CancelReport,
+    items: list[tuple[str, str]],
+    exchange: FakeExchange,
+    *,
+    exact_attempts: bool = True,
 ) -> None:
-    """The invariants every run must satisfy, read from the exchange's state and journal."""
+    """The invariants every run must satisfy, read from the exchange's state and journal.
+
+    ``exact_attempts=False`` for attempt time limits short enough that a loaded
+    machine may let the client give up on a request it sent before the exchange,
+    on the same loop, got to read it: then only "no request the exchange saw
+    went uncounted" holds.
+    """
     # Every order reported once, in input order.
     assert [(r.account_id, r.order_id) for r in report.results] == items
     live = exchange.open_stop_orders()
     for result in report.results:
-        if result.outcome in SUCCESS:
-            # No order reported cancelled or already gone is still live.
+        if result.ok:
+            # No order reported gone (cancelled, already gone, not found) is still live.
             assert result.order_id not in live, result
         if result.order_id in live:
             # No order still live is reported as a success.
-            assert result.outcome not in SUCCESS, result
-        if result.outcome is CancelOutcome.FAILED:
+            assert not result.ok, result
+        if result.outcome is asyncstop.CancelOutcome.FAILED:
             # No failed result for an order the exchange shows as cancelled.
             assert result.order_id in live, result
-        if result.outcome is CancelOutcome.NOT_SENT:
+        if result.outcome is asyncstop.CancelOutcome.NOT_SENT:
             assert result.attempts == 0
             assert result.order_id in live
     sent = Counter(e.order_id for e in exchange.journal if e.method == "DELETE")
     for result in report.results:
-        assert result.attempts == sent[result.order_id], result
+        if exact_attempts:
+            assert result.attempts == sent[result.order_id], result
+        else:
+            assert result.attempts >= sent[result.order_id], result
+
+
+#: Faults every run of the big test meets, whatever the machine's speed: each is
+#: scheduled for a request number that is certain to come (see spread_faults).
+CERTAIN_FAULTS = (
+    [Fault.rate_limited("0.25")] * 4
+    + [Fault.error(503)] * 20
+    + [Fault.error(503, after=True)] * 20
+    + [Fault.drop(after=True)] * 10
+    + [Fault.hang()] * 3
+)
 
 
 async def test_two_thousand_orders_under_every_fault() -> None:
@@ -55,33 +79,69 @@ async def test_two_thousand_orders_under_every_fault() -> None:
         tokens={TOKEN},
         seed=2026,
         faults=faults,
+        # At least 1,990 orders end cancelled below, so at least as many
+        # requests pass the gate: every scheduled fault fires. No deadline and a
+        # roomy attempt time limit: a machine too loaded to answer in time can
+        # only slow the test down, not make orders end unknown.
+        schedule=spread_faults(CERTAIN_FAULTS, within=1500, seed=2026),
         rate_limit=400,
         retry_after=0.25,
         pause_grace=PAUSE_GRACE,
     ) as exchange:
         items = [("acc-1", i) for i in exchange.add_stop_orders(1000, account_id="acc-1")]
         items += [("acc-2", i) for i in exchange.add_stop_orders(1000, account_id="acc-2")]
-        concurrency, deadline = 48, 8.0
+        concurrency = 48
         async with asyncstop.AsyncStopClient(
-            base_url=exchange.base_url, token=TOKEN, timeout=0.5, max_retries=4
+            base_url=exchange.base_url, token=TOKEN, timeout=2.0, max_retries=4
         ) as client:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            report = await client.cancel_stop_orders(
-                items, deadline=deadline, concurrency=concurrency
-            )
-            assert loop.time() - started <= deadline + 0.05
+            report = await client.cancel_stop_orders(items, concurrency=concurrency)
         check_report_against_exchange(report, items, exchange)
+        assert sum(result.ok for result in report.results) >= 1990
         assert exchange.max_in_flight <= concurrency
         assert exchange.pause_violations == []
-        outcomes = Counter(e.outcome for e in exchange.journal)
         # The faults really fired, so the invariants were tested under them.
+        assert exchange.pending_faults == 0
+        outcomes = Counter(e.outcome for e in exchange.journal)
         for fired in ("error_before", "error_after", "dropped_after", "hung", "rate_limited"):
             assert outcomes[fired] > 0, fired
-        assert (
-            report.counts[CancelOutcome.CANCELLED] + report.counts[CancelOutcome.ALREADY_GONE]
-            >= 1990
-        )
+
+
+async def test_a_client_that_ignores_pauses_is_caught() -> None:
+    """Plain aiohttp retrying 429s at once is caught sending inside the pause, stalls or not."""
+    async with (
+        FakeExchange(
+            tokens={TOKEN},
+            # Answers take 5 ms, so 8 workers need far longer than the grace
+            # for 1,000 orders: they are still sending when it ends.
+            faults=Faults(latency=0.005),
+            schedule={5: Fault.rate_limited("1")},
+            pause_grace=PAUSE_GRACE,
+        ) as exchange,
+        aiohttp.ClientSession() as session,
+    ):
+        ids = exchange.add_stop_orders(1000, account_id="acc-1")
+        headers = {
+            "Authorization": f"Bearer {TOKEN}",
+            "accountId": "acc-1",
+            "Content-Type": "application/json; x-api-version=4.0",
+            "Accept": "*/*",
+        }
+
+        async def cancel_ignoring_pauses(queue: list[str]) -> None:
+            while queue:
+                order_id = queue.pop()
+                status = 429
+                while status == 429:
+                    async with session.delete(
+                        exchange.base_url + STOP_ORDERS + order_id, headers=headers
+                    ) as response:
+                        status = response.status
+
+        async with asyncio.TaskGroup() as workers:
+            for _ in range(8):
+                workers.create_task(cancel_ignoring_pauses(ids))
+        assert exchange.open_stop_orders() == set()
+        assert len(exchange.pause_violations) > 0
 
 
 fault_mixes = st.fixed_dictionaries(
@@ -121,6 +181,6 @@ def test_invariants_hold_for_any_fault_mix(
                 base_url=exchange.base_url, token=TOKEN, timeout=0.2, max_retries=max_retries
             ) as client:
                 report = await client.cancel_stop_orders(items, deadline=deadline, concurrency=8)
-            check_report_against_exchange(report, items, exchange)
+            check_report_against_exchange(report, items, exchange, exact_attempts=False)
 
     asyncio.run(scenario())

@@ -9,7 +9,7 @@ import pytest
 import asyncstop
 from asyncstop.testing import FakeExchange
 
-from .conftest import ACCOUNT, TOKEN
+from .helpers import ACCOUNT, TOKEN
 
 BASE = "http://127.0.0.1:9"
 

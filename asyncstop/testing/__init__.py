@@ -1,13 +1,15 @@
 """A fake exchange for testing and benchmarking asyncstop without mocks.
 
-:class:`FakeExchange` serves the documented Cancel Stop order endpoint,
-``DELETE /frontoffice/api/v3/stop-orders/{orderId}``, on loopback. It holds
-realistic stop orders, records every request in a journal (never the token),
-and can misbehave on purpose: scripted :class:`Fault` actions, a seeded random
-:class:`Faults` mix, latency, and a per-account rate limit that counts
-requests ignoring a 429 pause::
+:class:`FakeExchange` serves the documented endpoints, Cancel Stop order
+(``DELETE /frontoffice/api/v3/stop-orders/{orderId}``) and Get accounts
+(``GET /frontoffice/api/v3/accounts``), on loopback. It holds realistic stop
+orders and accounts, records every request in a journal (never the token), and
+can misbehave on purpose: scripted :class:`Fault` actions (queued, or scheduled
+by request number so that they are certain to fire), a seeded random
+:class:`Faults` mix, latency, and a per-account rate limit that counts requests
+ignoring a 429 pause::
 
-    from asyncstop.testing import FakeExchange, Fault, Faults
+    from asyncstop.testing import FakeExchange, Fault, Faults, wait_until
 
     async def test_cancel_survives_a_dropped_answer():
         async with FakeExchange(tokens={"t1"}, seed=0) as exchange:
@@ -17,17 +19,30 @@ requests ignoring a 429 pause::
             assert exchange.open_stop_orders("acc-1") == set()
             assert not exchange.pause_violations
 
-From a shell, ``python -m asyncstop.testing --port 8080 --orders 1000`` serves one
-until Ctrl-C (see ``--help``); :func:`main` is that command line.
+:func:`wait_until` waits in a test for a condition the loop will make true.
+From a shell, ``python -m asyncstop.testing --port 8080 --orders 1000`` serves
+one until Ctrl-C (see ``--help``); :func:`main` is that command line, and
+:func:`add_fake_exchange_arguments` and :func:`run_fake_exchange` let another
+command line offer the same one.
+
+The modules, one concern each: ``_exchange`` (the server, a request's four
+steps), ``_gate`` (what is refused at once), ``_faults`` (what can go wrong, and
+which request it happens to), ``_ratelimit`` (token buckets, 429 pauses and
+their judge, shared with the benchmarks' servers), ``_replies`` (every answer),
+``_journal``, ``_orders`` and ``_accounts`` (the exchange's records),
+``_runner`` (the command line) and ``_wait``.
 """
 
+from ._accounts import FakeAccount
 from ._exchange import FakeExchange
-from ._faults import Fault, Faults, LongTailLatency
+from ._faults import Fault, Faults, LongTailLatency, spread_faults
 from ._journal import JournalEntry, Outcome
 from ._orders import FakeStopOrder
-from ._runner import main, parse_duration
+from ._runner import add_fake_exchange_arguments, main, parse_duration, run_fake_exchange
+from ._wait import wait_until
 
 __all__ = [
+    "FakeAccount",
     "FakeExchange",
     "FakeStopOrder",
     "Fault",
@@ -35,10 +50,29 @@ __all__ = [
     "JournalEntry",
     "LongTailLatency",
     "Outcome",
+    "add_fake_exchange_arguments",
     "main",
     "parse_duration",
+    "run_fake_exchange",
+    "spread_faults",
+    "wait_until",
 ]
 
-for _public in (FakeExchange, FakeStopOrder, Fault, Faults, JournalEntry, LongTailLatency, Outcome):
+for _public in (
+    FakeAccount,
+    FakeExchange,
+    FakeStopOrder,
+    Fault,
+    Faults,
+    JournalEntry,
+    LongTailLatency,
+    Outcome,
+    add_fake_exchange_arguments,
+    main,
+    parse_duration,
+    run_fake_exchange,
+    spread_faults,
+    wait_until,
+):
     _public.__module__ = __name__
 del _public

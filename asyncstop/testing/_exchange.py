@@ -1,25 +1,22 @@
-"""The fake exchange: the Cancel Stop order endpoint on loopback, with faults and a rate limit.
+"""The fake exchange: the two documented endpoints on loopback, with faults and a rate limit.
 
-It is written from the API documentation (``cancel-stop-order.txt`` and the
-contract in ``openapi.yaml``), not from the client, so it does not share the
-client's constants: a client that drifts from the documented request fails
-against it.
+It is written from the API documentation (``cancel-stop-order.txt``,
+``get-accounts.txt`` and the contract in ``openapi.yaml``), not from the client,
+so it does not share the client's constants: a client that drifts from the
+documented request fails against it.
 
-How a DELETE is handled, in order:
+A DELETE is journaled on arrival (``outcome="in_flight"``), counted in
+``in_flight``, and handled in four steps:
 
-1. It is journaled on arrival (``outcome="in_flight"``) and counted in ``in_flight``.
-2. The gate answers at once, with no latency, as a real API gateway would:
-   401 without an accepted bearer token, 400 without ``accountId``, 400 on a
-   header/body violation (``strict_headers``), 429 from the account's token
-   bucket or pause.
-3. One number is drawn from the fault RNG (always exactly one, so the random
-   fault sequence depends only on the seed and the order of requests), one from
-   the latency RNG if the latency is a distribution, and a scripted fault is
-   taken if one is queued (per order first, then the global FIFO); it wins over
-   the random draw.
-4. ``hang`` waits here for the exchange to close. Otherwise the latency is
-   waited out; the cancel is applied now (processing done, answer ready), and
-   the answer or fault is sent.
+1. the gate (``_gate``) refuses at once what a gateway would: a refused token,
+   a missing ``accountId``, broken headers, an account the token may not use,
+   the rate limit (``_ratelimit``);
+2. the faults are drawn (``_faults.FaultDraw``): the request is numbered and
+   takes its scheduled, scripted or random fault and its latency;
+3. the wait: a hang waits for the exchange to close or the client to go;
+   otherwise the latency is waited out;
+4. the answer (``_replies``): the cancel is applied now (processing done,
+   answer ready) unless a fault says otherwise, and the answer or fault is sent.
 
 Requests still waiting (latency or hang) when the exchange closes are dropped
 without an answer. Nothing here logs, prints, or keeps the Authorization header.
@@ -28,202 +25,42 @@ without an answer. Nothing here logs, prints, or keeps the Authorization header.
 from __future__ import annotations
 
 import asyncio
-import collections
-import email.utils
 import enum
 import math
-import random
-import time
-from collections.abc import Iterable
-from datetime import UTC, datetime
-from http import HTTPStatus
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Final, Literal, Self
 
 import msgspec
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
-from ._faults import Fault, Faults
-from ._journal import JournalEntry, Outcome
-from ._orders import (
-    ACTIVATED,
-    WAITING_FOR_ACTIVATION,
-    FakeStopOrder,
-    OrderFactory,
-    encode_cancel_reply,
-    now_timestamp,
-)
+from . import _replies
+from ._accounts import FakeAccount, encode_accounts
+from ._faults import Fault, FaultDraw, Faults, checked_faults
+from ._gate import Gate, Refusal
+from ._journal import JournalEntry, Outcome, PendingEntry
+from ._orders import FakeStopOrder, OrderBook, cancel, encode_cancel_reply, other_order
+from ._ratelimit import RateLimiter, StallMeter, pause_seconds
 
 __all__ = ["FakeExchange"]
 
-#: The documented endpoint; the order id is the one path segment after it.
+#: The documented endpoints; the order id is the one path segment after the prefix.
 _PREFIX: Final = "/frontoffice/api/v3/stop-orders/"
 _PREFIX_LEN: Final = len(_PREFIX)
-#: The documented request's Content-Type (the API version rides on it), checked exactly.
-_API_CONTENT_TYPE: Final = "application/json; x-api-version=4.0"
-_JSON: Final = "application/json; charset=utf-8"
-_JSON_HEADERS: Final = {"Content-Type": _JSON}
+_ACCOUNTS_PATH: Final = "/frontoffice/api/v3/accounts"
 #: Seconds aiohttp may take to finish handlers at close; they are all woken first,
 #: so this only bounds a client that stops reading its answer.
 _SHUTDOWN_TIMEOUT: Final = 5.0
-
-
-def _error_body(error_code: int, message: str, errors: list[dict[str, str]] | None = None) -> bytes:
-    """The error body of the older B2Trader API (assumed: the docs list no errors)."""
-    return msgspec.json.encode(
-        {"errorCode": error_code, "message": message, "errors": errors or []}
-    )
-
-
-def _field_error(key: str, code: str, message: str) -> list[dict[str, str]]:
-    return [{"key": key, "code": code, "message": message}]
-
-
-_BODY_UNAUTHORIZED: Final = _error_body(10005, "Unauthorized")
-_BODY_NO_ACCOUNT: Final = _error_body(
-    10001,
-    "accountId header is required",
-    _field_error("accountId", "required", "The accountId header is required."),
-)
-_BODY_BAD_CONTENT_TYPE: Final = _error_body(
-    10001,
-    "Invalid request headers",
-    _field_error("Content-Type", "invalid", f"Content-Type must be '{_API_CONTENT_TYPE}'."),
-)
-_BODY_NO_ACCEPT: Final = _error_body(
-    10001,
-    "Invalid request headers",
-    _field_error("Accept", "required", "The Accept header is required."),
-)
-_BODY_HAS_BODY: Final = _error_body(
-    10001,
-    "Invalid request body",
-    _field_error("body", "not_allowed", "This request takes no body."),
-)
-_BODY_NOT_FOUND: Final = _error_body(
-    10002, "Object not found", _field_error("orderId", "not_found", "Stop order not found")
-)
-_BODY_TOO_MANY: Final = _error_body(10029, "Too many requests")
-
-
-def _json_response(status: int, body: bytes) -> web.Response:
-    return web.Response(status=status, body=body, headers=_JSON_HEADERS)
-
-
-def _default_error_body(status: int) -> bytes:
-    # errorCode 10000 ("internal error") is invented: the docs list no errors.
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
-    return _error_body(10000, phrase)
-
-
-def _drop(request: web.BaseRequest) -> web.StreamResponse:
-    """Close the connection so the client sees it end with no answer at all.
-
-    aiohttp then tries to write the returned response, finds the transport
-    gone and gives up quietly; nothing reaches the client.
-    """
-    request.protocol.force_close()
-    return web.Response()
+#: How often a hung request checks whether its client has gone, in seconds.
+_HANG_POLL: Final = 0.01
+#: Faults that answer about one order, meaningless for GET /accounts.
+_ORDER_FAULTS: Final = frozenset({"other_order", "stale_reply"})
 
 
 def _wake(waiter: asyncio.Future[bool], closing: bool) -> None:
     if not waiter.done():
         waiter.set_result(closing)
-
-
-def _format_seconds(seconds: float) -> str:
-    """``0.2`` -> ``"0.2"``, ``1.0`` -> ``"1"``: the shortest text that reads back as the value."""
-    if seconds.is_integer():
-        return str(int(seconds))
-    text = repr(seconds)
-    if "e" in text:  # 1e-05: spell it out, a header is no place for exponents
-        text = f"{seconds:.12f}".rstrip("0")
-    return text
-
-
-def _format_remaining(seconds: float) -> str:
-    """The rest of a pause, rounded up to the millisecond so a client that obeys is never early."""
-    # The tolerance keeps float noise (0.07 * 1000 = 70.00000000000001) from adding a millisecond.
-    return _format_seconds(math.ceil(seconds * 1000 - 1e-6) / 1000)
-
-
-def _http_date(timestamp: float) -> str:
-    return email.utils.format_datetime(datetime.fromtimestamp(timestamp, UTC), usegmt=True)
-
-
-def _pause_seconds(retry_after: str | None) -> float | None:
-    """How long a client obeying this Retry-After value waits; None if it cannot tell."""
-    if retry_after is None:
-        return None
-    try:
-        seconds = float(retry_after)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(retry_after)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - time.time()
-    if not math.isfinite(seconds) or seconds <= 0:
-        return None
-    return seconds
-
-
-class _Account:
-    """Rate-limit state of one account: its token bucket and its current 429 pause."""
-
-    __slots__ = ("date_header", "pause_end", "pause_start", "refilled_at", "tokens")
-
-    def __init__(self, tokens: float, now: float) -> None:
-        self.tokens = tokens
-        self.refilled_at = now
-        self.pause_start = -math.inf
-        self.pause_end = -math.inf
-        #: The HTTP-date sent with the 429 that started the pause (retry_after="date").
-        self.date_header: str | None = None
-
-
-class _Pending:
-    """A DELETE request's place in the journal while it is inside the exchange."""
-
-    __slots__ = ("entry", "index", "journal", "loop")
-
-    def __init__(
-        self,
-        entry: JournalEntry,
-        journal: list[JournalEntry] | None,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.entry = entry
-        self.journal = journal
-        self.loop = loop
-        self.index = 0
-        if journal is not None:
-            self.index = len(journal)
-            journal.append(entry)
-
-    def mark(self, outcome: Outcome) -> None:
-        """Show a not yet answered request's outcome (a hang) in the journal."""
-        self.entry = msgspec.structs.replace(self.entry, outcome=outcome)
-        if self.journal is not None:
-            self.journal[self.index] = self.entry
-
-    def settle(self, status: int | None, outcome: Outcome, applied: bool = False) -> JournalEntry:
-        """Record the answer (or its absence) now; return the final entry."""
-        final = msgspec.structs.replace(
-            self.entry,
-            done_time=self.loop.time(),
-            status=status,
-            outcome=outcome,
-            applied=applied,
-        )
-        if self.journal is not None:
-            self.journal[self.index] = final
-        return final
 
 
 class _State(enum.Enum):
@@ -232,21 +69,32 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class FakeExchange:
-    """A fake B2TRADER exchange: ``DELETE /frontoffice/api/v3/stop-orders/{orderId}`` on loopback.
+class FakeExchange(OrderBook):
+    """A fake B2TRADER exchange on loopback: Cancel Stop order and Get accounts.
 
-    Use it as ``async with FakeExchange(tokens={"t1"}) as exchange:``, or call
-    :meth:`start` and :meth:`close`. The constructor needs no event loop; the
-    server binds in :meth:`start`. Orders can be added before or after starting.
+    It serves ``DELETE /frontoffice/api/v3/stop-orders/{orderId}`` and
+    ``GET /frontoffice/api/v3/accounts``. Use it as ``async with
+    FakeExchange(tokens={"t1"}) as exchange:``, or call :meth:`start` and
+    :meth:`close`. The constructor needs no event loop; the server binds in
+    :meth:`start`. Orders and accounts can be added before or after starting.
 
     Args:
-        tokens: the accepted bearer tokens. ``exchange.tokens`` is a mutable set:
-            remove a token to simulate its expiry. Tokens are never journaled.
+        tokens: the accepted bearer tokens, or a mapping from each token to the
+            account ids it may use, e.g. ``{"t1": ["acc-1"], "t2": ["acc-2"]}``.
+            A token given without a list (in a set, or added to :attr:`tokens`
+            later) may use every account. A DELETE with an ``accountId`` its
+            token may not use gets the same 404 as an unknown order (an exchange
+            that scopes orders by account cannot find the order there),
+            journaled as ``account_not_allowed``. Tokens are never journaled.
         host, port: where to listen; port 0 picks a free port (see :attr:`base_url`).
         seed: seeds every random choice (order ids and fields, fault draws,
             latency draws), each from its own stream.
         faults: the random fault mix (default: none); ``exchange.faults`` may be
             reassigned at any time.
+        schedule: faults by request number: ``{n: fault}`` gives the n-th DELETE
+            request past the gate (counting from 1, the same requests that take
+            a random draw) that fault, whatever the timing (see
+            :func:`~asyncstop.testing.spread_faults`, :meth:`inject_at`).
         rate_limit: cancels per second per account (a token bucket refilled
             continuously), or None for no limit.
         rate_limit_burst: the bucket's capacity; default ``max(1, rate_limit)``.
@@ -256,34 +104,43 @@ class FakeExchange:
             lenient clients take it; keeps tests fast), is the pause. ``"date"``:
             an HTTP-date at least the integer seconds ahead; the pause lasts until then.
         pause_grace: a 429 starts a pause for its account. Requests that arrive
-            in its first ``pause_grace`` seconds were sent before the client could
-            know, so they are not violations (they still get 429 if the bucket is
-            empty); later ones in the pause are appended to :attr:`pause_violations`
-            and get 429 with the remaining time, without extending the pause.
+            in its first ``pause_grace`` seconds, plus every stall of the event
+            loop measured since the 429 (a garbage-collector pass or the OS
+            descheduling the process delays the client's reading of the 429 and
+            the exchange's stamping of requests alike), were sent before the
+            client could know, so they are not violations (they still get 429 if
+            the bucket is empty); later ones in the pause are appended to
+            :attr:`pause_violations` and get 429 with the remaining time,
+            without extending the pause.
         strict_headers: answer 400 unless Content-Type is exactly
             ``application/json; x-api-version=4.0`` and Accept is present, and to
-            any request with a body.
+            any request with a body (GET /accounts: Accept and no body).
         keep_journal: record every request in :attr:`journal`; turn off for long
             benchmarks (pause violations are recorded either way).
 
     Attributes:
-        tokens: accepted bearer tokens (mutable).
+        tokens: accepted bearer tokens (mutable: remove one to simulate its expiry).
+        token_accounts: the account ids each listed token may use (mutable).
+        accounts: every account the exchange knows, by id, as :class:`FakeAccount`
+            (those named in ``tokens``, given orders, or added by :meth:`add_account`).
         faults: the random fault mix (reassignable).
         orders: every order by id; :class:`FakeStopOrder` records, mutable.
         journal: every request in arrival order, as :class:`JournalEntry`.
         pause_violations: requests that arrived during a 429 pause, after the grace.
         in_flight: DELETE requests inside the exchange now (including latency and hangs).
         max_in_flight: the most DELETE requests ever inside the exchange at once.
+        stale_replies_sent: extra answers written by ``Fault.stale_reply``.
     """
 
     def __init__(
         self,
         *,
-        tokens: Iterable[str],
+        tokens: Iterable[str] | Mapping[str, Iterable[str]],
         host: str = "127.0.0.1",
         port: int = 0,
         seed: int = 0,
         faults: Faults | None = None,
+        schedule: Mapping[int, Fault] | None = None,
         rate_limit: float | None = None,
         rate_limit_burst: float | None = None,
         retry_after: float | Literal["date"] | None = None,
@@ -291,56 +148,33 @@ class FakeExchange:
         strict_headers: bool = True,
         keep_journal: bool = True,
     ) -> None:
-        if isinstance(tokens, str):
-            raise TypeError("tokens must be a collection of tokens, not a single str")
-        if rate_limit is not None and not (math.isfinite(rate_limit) and rate_limit > 0):
-            raise ValueError(f"rate_limit must be a positive number or None, not {rate_limit!r}")
-        if rate_limit_burst is not None and not (
-            math.isfinite(rate_limit_burst) and rate_limit_burst >= 1
-        ):
-            raise ValueError(f"rate_limit_burst must be at least 1, not {rate_limit_burst!r}")
-        if (
-            retry_after is not None
-            and retry_after != "date"
-            and (
-                isinstance(retry_after, str)
-                or not (math.isfinite(retry_after) and retry_after >= 0)
-            )
-        ):
-            raise ValueError(
-                f'retry_after must be None, a non-negative float or "date", not {retry_after!r}'
-            )
-        if not (math.isfinite(pause_grace) and pause_grace >= 0):
-            raise ValueError(f"pause_grace must be a non-negative number, not {pause_grace!r}")
-
-        self.tokens: set[str] = set(tokens)
+        self._stalls = StallMeter()
+        limiter = RateLimiter(
+            rate_limit,
+            burst=rate_limit_burst,
+            retry_after=retry_after,
+            grace=pause_grace,
+            stalls=self._stalls,
+        )
+        self._gate = Gate(tokens, strict_headers=strict_headers, limiter=limiter)
+        self._draw = FaultDraw(seed, schedule)
+        super().__init__(seed)
         self.faults: Faults = faults if faults is not None else Faults()
-        self.orders: dict[str, FakeStopOrder] = {}
+        for account_ids in self._gate.token_accounts.values():
+            for account_id in account_ids:
+                self._known_account(account_id)
         self.journal: list[JournalEntry] = []
         self.pause_violations: list[JournalEntry] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        # Keyed by id(): a request is a mutable mapping, so it is not hashable.
+        self._in_flight_requests: dict[int, web.BaseRequest] = {}
+        self.stale_replies_sent = 0
 
         self._host = host
         self._port = port
-        self._seed = seed
-        self._rate_limit = rate_limit
-        self._burst = (
-            rate_limit_burst
-            if rate_limit_burst is not None
-            else (max(1.0, rate_limit) if rate_limit is not None else 1.0)
-        )
-        self._retry_after = retry_after
-        self._pause_grace = pause_grace
-        self._strict_headers = strict_headers
         self._keep_journal = keep_journal
-
-        self._factory = OrderFactory(seed)
-        self._fault_rng = random.Random(f"asyncstop.testing faults {seed}")
-        self._latency_rng = random.Random(f"asyncstop.testing latency {seed}")
-        self._script: collections.deque[Fault] = collections.deque()
-        self._script_by_order: dict[str, collections.deque[Fault]] = {}
-        self._accounts: dict[str, _Account] = {}
+        self._accounts_script: list[Fault] = []
 
         self._state = _State.UNOPENED
         self._runner: web.ServerRunner | None = None
@@ -351,6 +185,9 @@ class FakeExchange:
         # One future per waiting request (never shared: cancelling a task that
         # awaits a future cancels the future, which must not release the others).
         self._waiters: set[asyncio.Future[bool]] = set()
+        # Connections owing a stale answer, and requests whose answer is streaming.
+        self._stale: dict[RequestHandler, tuple[bytes, asyncio.TimerHandle | None]] = {}
+        self._streaming: dict[RequestHandler, web.BaseRequest] = {}
 
     # -- lifetime ------------------------------------------------------------
 
@@ -372,13 +209,14 @@ class FakeExchange:
             raise
         self._runner = runner
         self._bound_port = int(runner.addresses[0][1])
+        self._stalls.start(loop)
         self._state = _State.OPENED
 
     async def close(self) -> None:
         """Stop serving: drop hung and waiting requests, close every connection. Idempotent.
 
-        On return no task, transport or socket of the exchange is left. The work
-        runs in a task that finishes even if the caller is cancelled.
+        On return no task, timer, transport or socket of the exchange is left.
+        The work runs in a task that finishes even if the caller is cancelled.
         """
         if self._close_task is None:
             if self._state is not _State.OPENED:
@@ -390,8 +228,18 @@ class FakeExchange:
 
     async def _shutdown(self) -> None:
         self._closing = True
+        self._stalls.stop()
         for waiter in list(self._waiters):
             _wake(waiter, True)
+        for request in list(self._streaming.values()):
+            # A stream blocked on a client that stopped reading would hold
+            # the shutdown for its whole timeout.
+            if request.transport is not None:
+                request.transport.abort()
+        for _, timer in self._stale.values():
+            if timer is not None:
+                timer.cancel()
+        self._stale.clear()
         if self._runner is not None:
             await self._runner.cleanup()
         # Closed transports report connection_lost on the next loop iteration;
@@ -428,25 +276,35 @@ class FakeExchange:
         return self._bound_port
 
     @property
+    def tokens(self) -> set[str]:
+        """The accepted bearer tokens (mutable: remove one to simulate its expiry)."""
+        return self._gate.tokens
+
+    @tokens.setter
+    def tokens(self, tokens: set[str]) -> None:
+        self._gate.tokens = tokens
+
+    @property
+    def token_accounts(self) -> dict[str, list[str]]:
+        """The account ids each listed token may use (mutable); other tokens may use any."""
+        return self._gate.token_accounts
+
+    @property
     def pending_faults(self) -> int:
-        """Scripted faults not consumed yet (global and per order)."""
-        return len(self._script) + sum(len(q) for q in self._script_by_order.values())
+        """Faults not consumed yet: scheduled, per order, in the FIFO and for GET /accounts."""
+        return self._draw.pending + len(self._accounts_script)
 
-    def open_stop_orders(self, account_id: str | None = None) -> set[str]:
-        """Ids of the still-live orders of ``account_id``, or of every account."""
-        return {
-            oid
-            for oid, order in self.orders.items()
-            if order.live and (account_id is None or order.account_id == account_id)
-        }
+    @property
+    def requests_numbered(self) -> int:
+        """DELETE requests past the gate so far: the number the next one's is above."""
+        return self._draw.drawn
 
-    def cancelled_stop_orders(self, account_id: str | None = None) -> set[str]:
-        """Ids of the orders no longer live (cancelled) of ``account_id``, or of every account."""
-        return {
-            oid
-            for oid, order in self.orders.items()
-            if not order.live and (account_id is None or order.account_id == account_id)
-        }
+    def accounts_for(self, token: str) -> list[FakeAccount]:
+        """The accounts ``GET /accounts`` lists for an accepted ``token``, in order."""
+        allowed = self._gate.token_accounts.get(token)
+        if allowed is None:
+            return list(self.accounts.values())
+        return [self._known_account(account_id) for account_id in allowed]
 
     def reset_journal(self) -> None:
         """Start a new :attr:`journal` and :attr:`pause_violations`; ``max_in_flight`` restarts too.
@@ -470,106 +328,86 @@ class FakeExchange:
 
     # -- what tests set up ---------------------------------------------------
 
-    def add_stop_orders(
-        self, count: int, account_id: str = "acc-1", activated_fraction: float = 0.0
-    ) -> list[str]:
-        """Add ``count`` realistic live stop orders to ``account_id``; return their ids in order.
-
-        Ids are unique seeded ULIDs. ``round(count * activated_fraction)`` of the
-        orders, chosen at random, have status ``Activated`` (the stop triggered);
-        the rest ``WaitingForActivation``.
-        """
-        if count < 0:
-            raise ValueError(f"count must not be negative, not {count!r}")
-        if not 0.0 <= activated_fraction <= 1.0:
-            raise ValueError(
-                f"activated_fraction must be between 0 and 1, not {activated_fraction!r}"
-            )
-        _check_account_id(account_id)
-        activated = self._factory.pick_activated(count, activated_fraction)
-        return [
-            self._add(account_id, None, ACTIVATED if i in activated else WAITING_FOR_ACTIVATION)
-            for i in range(count)
-        ]
-
-    def add_stop_order(
-        self,
-        account_id: str = "acc-1",
-        order_id: str | None = None,
-        status: str = WAITING_FOR_ACTIVATION,
-    ) -> str:
-        """Add one live stop order (random realistic fields) and return its id.
-
-        ``order_id`` defaults to a new seeded ULID; an explicit one must be new and
-        must not contain ``/``. Change any other field through ``exchange.orders[id]``.
-        """
-        _check_account_id(account_id)
-        if order_id is not None:
-            if not isinstance(order_id, str) or not order_id or "/" in order_id:
-                raise ValueError(f"order_id must be a non-empty str without '/', not {order_id!r}")
-            if order_id in self.orders:
-                raise ValueError(f"order {order_id!r} already exists")
-        return self._add(account_id, order_id, status)
-
-    def _add(self, account_id: str, order_id: str | None, status: str) -> str:
-        created_ms, new_id = self._factory.new_id()
-        while order_id is None and new_id in self.orders:
-            created_ms, new_id = self._factory.new_id()
-        order = self._factory.make(order_id or new_id, created_ms, account_id, status)
-        self.orders[order.order_id] = order
-        return order.order_id
-
     def inject(self, *faults: Fault) -> None:
         """Queue scripted faults; each is consumed by one later DELETE request, in order."""
-        self._script.extend(_checked_faults(faults))
+        self._draw.inject(faults)
 
     def inject_for(self, order_id: str, *faults: Fault) -> None:
         """Queue scripted faults for requests about ``order_id`` only; they go before the FIFO's."""
-        self._script_by_order.setdefault(order_id, collections.deque()).extend(
-            _checked_faults(faults)
-        )
+        self._draw.inject_for(order_id, faults)
+
+    def inject_at(self, number: int, fault: Fault) -> None:
+        """Schedule ``fault`` for the ``number``-th DELETE request past the gate (from 1).
+
+        It wins over every other fault of that request, and is certain to fire
+        once that many requests have passed the gate (see :attr:`requests_numbered`).
+        """
+        self._draw.inject_at(number, fault)
+
+    def inject_accounts(self, *faults: Fault) -> None:
+        """Queue faults for later ``GET /accounts`` requests with an accepted token, in order.
+
+        E.g. ``Fault.reply(200, b"<html>", {"Content-Type": "text/html"})`` for a
+        gateway's page, or ``Fault.error(404)`` for a base URL off the API.
+        """
+        for fault in checked_faults(faults):
+            if fault.kind in _ORDER_FAULTS:
+                raise ValueError(f"a {fault.kind} fault needs an order; GET /accounts has none")
+            self._accounts_script.append(fault)
 
     # -- the server ----------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
+        protocol = request.protocol
+        if protocol in self._stale:
+            self._write_stale(request)
+        entry = self._arrival(request)
+        if entry.method == "DELETE":
+            pending = self._pending(entry)
+            # A request whose client closed its connection (a timeout, an abandoned
+            # hedge) is in flight for nobody: aiohttp keeps its handler running, but
+            # the client's concurrency bound no longer covers it. Its connection_lost
+            # has run by the time a request the client sent later gets here.
+            self._in_flight_requests = {
+                key: r for key, r in self._in_flight_requests.items() if r.transport is not None
+            }
+            self._in_flight_requests[id(request)] = request
+            self.in_flight = len(self._in_flight_requests)
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                return await self._delete(request, pending)
+            finally:
+                self._in_flight_requests.pop(id(request), None)
+                self.in_flight = len(self._in_flight_requests)
+        if entry.method == "GET" and entry.path == _ACCOUNTS_PATH:
+            return await self._get_accounts(request, self._pending(entry))
+        return self._other_method(entry)
+
+    def _arrival(self, request: web.BaseRequest) -> JournalEntry:
+        assert self._loop is not None
         headers = request.headers
         path = request.path
-        authorization = headers.get("Authorization")
         order_id: str | None = None
         if path.startswith(_PREFIX):
             order_id = path[_PREFIX_LEN:]
             if not order_id or "/" in order_id:
                 order_id = None
-        entry = JournalEntry(
+        return JournalEntry(
             method=request.method,
             path=path,
             order_id=order_id,
             account_id=headers.get("accountId") or None,
-            time=now,
+            time=self._loop.time(),
             done_time=math.inf,
             status=None,
             outcome=Outcome.IN_FLIGHT,
             headers={k: v for k, v in headers.items() if k.lower() != "authorization"},
-            authorized=(
-                authorization is not None
-                and authorization.startswith("Bearer ")
-                and authorization[7:] in self.tokens
-            ),
+            authorized=self._gate.token(headers) is not None,
         )
-        if entry.method != "DELETE":
-            return self._other_method(entry)
 
-        journal = self.journal if self._keep_journal else None
-        pending = _Pending(entry, journal, loop)
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            return await self._delete(request, pending)
-        finally:
-            self.in_flight -= 1
+    def _pending(self, entry: JournalEntry) -> PendingEntry:
+        assert self._loop is not None
+        return PendingEntry(entry, self.journal if self._keep_journal else None, self._loop)
 
     def _other_method(self, entry: JournalEntry) -> web.StreamResponse:
         if entry.method == "HEAD":
@@ -580,165 +418,172 @@ class FakeExchange:
             response = web.Response(headers={"Content-Length": "0"})
         else:
             status, outcome = 405, Outcome.METHOD_NOT_ALLOWED
-            response = web.Response(status=405, headers={"Allow": "DELETE, HEAD"})
+            allow = "GET, HEAD" if entry.path == _ACCOUNTS_PATH else "DELETE, HEAD"
+            response = web.Response(status=405, headers={"Allow": allow})
         if self._keep_journal:
             self.journal.append(
                 msgspec.structs.replace(entry, done_time=entry.time, status=status, outcome=outcome)
             )
         return response
 
-    async def _delete(self, request: web.BaseRequest, pending: _Pending) -> web.StreamResponse:
-        entry = pending.entry
-        order_id, account_id = entry.order_id, entry.account_id
-        # The gate: answered at once, before any latency or fault.
-        if not entry.authorized:
-            pending.settle(401, Outcome.UNAUTHORIZED)
-            return _unauthorized()
-        if account_id is None:
-            pending.settle(400, Outcome.BAD_REQUEST)
-            return _json_response(400, _BODY_NO_ACCOUNT)
-        if self._strict_headers:
-            problem = _header_problem(request)
-            if problem is not None:
-                pending.settle(400, Outcome.BAD_REQUEST)
-                return _json_response(400, problem)
-        if self._rate_limit is not None or account_id in self._accounts:
-            refusal = self._check_rate(account_id, entry.time)
-            if refusal is not None:
-                retry_after, violation = refusal
-                final = pending.settle(429, Outcome.RATE_LIMITED)
-                if violation:
-                    self.pause_violations.append(final)
-                return _too_many(retry_after)
+    async def _delete(self, request: web.BaseRequest, pending: PendingEntry) -> web.StreamResponse:
+        """The four steps of the module docstring: gate, draw the faults, wait, answer."""
+        refusal = self._gate.check_delete(request, pending.entry)
+        if refusal is not None:
+            return self._refuse(pending, refusal)
+        fault, delay = self._draw.draw(self.faults, pending.entry.order_id)
+        if not await self._wait_out(request, pending, fault, delay):
+            return _replies.drop(request)
+        return await self._answer(request, pending, fault)
 
-        # Past the gate: draw the fault and the latency, in arrival order.
-        faults = self.faults
-        fault = self._random_fault(faults, self._fault_rng.random())
-        if order_id is not None and order_id in self._script_by_order:
-            queue = self._script_by_order[order_id]
-            fault = queue.popleft()
-            if not queue:
-                del self._script_by_order[order_id]
-        elif self._script:
-            fault = self._script.popleft()
-        latency = faults.latency
-        delay = (
-            float(latency)
-            if isinstance(latency, int | float)
-            else latency.sample(self._latency_rng)
-        )
+    async def _get_accounts(
+        self, request: web.BaseRequest, pending: PendingEntry
+    ) -> web.StreamResponse:
+        refusal = self._gate.check_accounts(request, pending.entry)
+        if refusal is not None:
+            return self._refuse(pending, refusal)
+        fault = self._accounts_script.pop(0) if self._accounts_script else None
+        if fault is not None:
+            if not await self._wait_out(request, pending, fault, 0.0):
+                return _replies.drop(request)
+            return await self._answer(request, pending, fault)
+        token = self._gate.token(request.headers)
+        assert token is not None  # the gate let it through
+        pending.settle(200, Outcome.ACCOUNTS)
+        return _replies.json_response(200, encode_accounts(self.accounts_for(token)))
 
+    def _refuse(self, pending: PendingEntry, refusal: Refusal) -> web.StreamResponse:
+        final = pending.settle(refusal.status, refusal.outcome)
+        if refusal.violation:
+            self.pause_violations.append(final)
+        return refusal.response
+
+    async def _wait_out(
+        self, request: web.BaseRequest, pending: PendingEntry, fault: Fault | None, delay: float
+    ) -> bool:
+        """Wait out a hang or the latency; False (journaled) if the request goes unanswered."""
         if fault is not None and fault.kind == "hang":
             pending.mark(Outcome.HUNG)
             try:
                 # Until the exchange closes, or the client gives up and closes the
                 # connection: from then on the request is in flight for nobody, so
                 # it must not count in in_flight (aiohttp keeps the handler running).
-                while request.transport is not None and not await self._wait(_HANG_POLL):
+                while request.transport is not None and not await self._sleep(_HANG_POLL):
                     pass
             finally:
                 # The connection goes without an answer.
                 pending.settle(None, Outcome.HUNG)
-            return _drop(request)
+            return False
         if delay > 0.0:
+            assert self._loop is not None
+            end = self._loop.time() + delay
             try:
-                closing = await self._wait(delay)
+                # In slices, so that a request whose client has given up (a timeout,
+                # an abandoned hedge) is dropped unanswered, as a hung one is.
+                while (left := end - self._loop.time()) > 0:
+                    if await self._sleep(min(left, _HANG_POLL)) or request.transport is None:
+                        pending.settle(None, Outcome.DROPPED_BEFORE)
+                        return False
             except asyncio.CancelledError:
                 pending.settle(None, Outcome.DROPPED_BEFORE)
                 raise
-            if closing:
-                pending.settle(None, Outcome.DROPPED_BEFORE)
-                return _drop(request)
+        return True
 
-        if fault is None:
-            order = self._apply(order_id, account_id)
+    async def _answer(
+        self, request: web.BaseRequest, pending: PendingEntry, fault: Fault | None
+    ) -> web.StreamResponse:
+        entry = pending.entry
+        account_id = entry.account_id
+        if fault is None or fault.kind == "stale_reply":
+            order = self._cancel(entry.order_id, account_id)
+            if fault is not None:
+                self._owe_stale(request, fault, entry.order_id)
             if order is None:
                 pending.settle(404, Outcome.NOT_FOUND)
-                return _json_response(404, _BODY_NOT_FOUND)
+                return _replies.not_found()
             pending.settle(200, Outcome.CANCELLED, applied=True)
-            return _json_response(200, encode_cancel_reply(order))
-        return self._answer_fault(request, fault, pending, account_id)
-
-    def _answer_fault(
-        self, request: web.BaseRequest, fault: Fault, pending: _Pending, account_id: str
-    ) -> web.StreamResponse:
-        applied = fault.apply and self._apply(pending.entry.order_id, account_id) is not None
+            return _replies.json_response(200, encode_cancel_reply(order))
+        applied = fault.apply and self._cancel(entry.order_id, account_id) is not None
         kind = fault.kind
         if kind == "drop":
-            pending.settle(
-                None, Outcome.DROPPED_AFTER if fault.apply else Outcome.DROPPED_BEFORE, applied
-            )
-            return _drop(request)
+            outcome = Outcome.DROPPED_AFTER if fault.apply else Outcome.DROPPED_BEFORE
+            pending.settle(None, outcome, applied)
+            return _replies.drop(request)
         if kind == "error":
             assert fault.status is not None
-            pending.settle(
-                fault.status, Outcome.ERROR_AFTER if fault.apply else Outcome.ERROR_BEFORE, applied
-            )
-            response = _json_response(
-                fault.status,
-                fault.body if fault.body is not None else _default_error_body(fault.status),
-            )
-            if fault.retry_after is not None:
-                response.headers["Retry-After"] = fault.retry_after
-            return response
+            outcome = Outcome.ERROR_AFTER if fault.apply else Outcome.ERROR_BEFORE
+            pending.settle(fault.status, outcome, applied)
+            return _replies.error(fault)
         if kind == "reply":
             assert fault.status is not None
             pending.settle(fault.status, Outcome.REPLIED, applied)
-            reply_headers = dict(fault.headers)
-            if not any(name.lower() == "content-type" for name in reply_headers):
-                reply_headers.update(_JSON_HEADERS)
-            return web.Response(status=fault.status, body=fault.body, headers=reply_headers)
+            return _replies.reply(fault)
+        if kind == "other_order":
+            pending.settle(200, Outcome.REPLIED, applied)
+            other = other_order(self.orders, entry.order_id, fault.order_id)
+            return _replies.reply(fault, encode_cancel_reply(other))
+        if kind in ("huge_body", "endless_body", "gzip_bomb"):
+            return await self._stream(request, pending, fault, applied)
         if kind == "redirect":
             assert fault.location is not None
             pending.settle(307, Outcome.REDIRECTED)
             return web.Response(status=307, headers={"Location": fault.location})
         if kind == "rate_limited":
             pending.settle(429, Outcome.RATE_LIMITED)
-            pause = _pause_seconds(fault.retry_after)
-            if pause is not None:
-                self._start_pause(self._account(account_id, self._loop_time()), pause, None)
-            return _too_many(fault.retry_after)
+            pause = pause_seconds(fault.retry_after)
+            if pause is not None and account_id is not None:
+                assert self._loop is not None
+                self._gate.limiter.pause(account_id, self._loop.time(), pause)
+            return _replies.too_many(fault.retry_after)
         # "unauthorized"
         pending.settle(401, Outcome.UNAUTHORIZED)
-        return _unauthorized()
+        return _replies.unauthorized()
 
-    def _loop_time(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
+    def _cancel(self, order_id: str | None, account_id: str | None) -> FakeStopOrder | None:
+        return None if account_id is None else cancel(self.orders, order_id, account_id)
 
-    def _random_fault(self, faults: Faults, draw: float) -> Fault | None:
-        threshold = faults.error_before
-        if draw < threshold:
-            return Fault.error(faults.error_status)
-        threshold += faults.error_after
-        if draw < threshold:
-            return Fault.error(faults.error_status, after=True)
-        threshold += faults.drop_before
-        if draw < threshold:
-            return _DROP_BEFORE
-        threshold += faults.drop_after
-        if draw < threshold:
-            return _DROP_AFTER
-        threshold += faults.hang
-        if draw < threshold:
-            return _HANG
-        return None
+    async def _stream(
+        self, request: web.BaseRequest, pending: PendingEntry, fault: Fault, applied: bool
+    ) -> web.StreamResponse:
+        assert fault.status is not None
+        pending.mark(Outcome.REPLIED)
+        self._streaming[request.protocol] = request
+        try:
+            response, _ = await _replies.stream(request, fault, lambda: self._closing)
+        finally:
+            del self._streaming[request.protocol]
+            pending.settle(fault.status, Outcome.REPLIED, applied)
+        return response
 
-    def _apply(self, order_id: str | None, account_id: str) -> FakeStopOrder | None:
-        """Cancel the order if it exists, is live and is the account's; return it if so."""
-        if order_id is None:
-            return None
-        order = self.orders.get(order_id)
-        if order is None or not order.live or order.account_id != account_id:
-            return None
-        stamp = now_timestamp()
-        order.live = False
-        order.cancellation_date = stamp
-        order.updated_at = stamp
-        order.cancel_count += 1
-        return order
+    def _owe_stale(self, request: web.BaseRequest, fault: Fault, order_id: str | None) -> None:
+        """Arrange the unsolicited second answer of ``Fault.stale_reply`` on this connection."""
+        body = _replies.raw_ok(encode_cancel_reply(other_order(self.orders, None, order_id)))
+        timer = None
+        if fault.idle is not None:
+            assert self._loop is not None
+            timer = self._loop.call_later(fault.idle, self._stale_when_idle, request)
+        self._stale[request.protocol] = (body, timer)
 
-    async def _wait(self, delay: float | None) -> bool:
+    def _stale_when_idle(self, request: web.BaseRequest) -> None:
+        protocol = request.protocol
+        if protocol in self._stale:
+            if protocol in self._streaming:
+                # Not into the middle of an answer: the next request writes it first.
+                body, _ = self._stale[protocol]
+                self._stale[protocol] = (body, None)
+            else:
+                self._write_stale(request)
+
+    def _write_stale(self, request: web.BaseRequest) -> None:
+        body, timer = self._stale.pop(request.protocol)
+        if timer is not None:
+            timer.cancel()
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(body)
+            self.stale_replies_sent += 1
+
+    async def _sleep(self, delay: float | None) -> bool:
         """Sleep ``delay`` seconds (None: until close); True if the exchange is closing."""
         if self._closing:
             return True
@@ -752,117 +597,3 @@ class FakeExchange:
             self._waiters.discard(waiter)
             if timer is not None:
                 timer.cancel()
-
-    # -- rate limit ----------------------------------------------------------
-
-    def _account(self, account_id: str, now: float) -> _Account:
-        account = self._accounts.get(account_id)
-        if account is None:
-            account = self._accounts[account_id] = _Account(self._burst, now)
-        return account
-
-    def _take_token(self, account: _Account, now: float) -> bool:
-        rate = self._rate_limit
-        if rate is None:
-            return True
-        account.tokens = min(self._burst, account.tokens + (now - account.refilled_at) * rate)
-        account.refilled_at = now
-        if account.tokens >= 1.0:
-            account.tokens -= 1.0
-            return True
-        return False
-
-    def _check_rate(self, account_id: str, now: float) -> tuple[str | None, bool] | None:
-        """None to let the request through, else (Retry-After value, is it a pause violation)."""
-        account = self._account(account_id, now)
-        if now < account.pause_end:
-            if now >= account.pause_start + self._pause_grace:
-                return self._remaining_header(account, now), True
-            if self._take_token(account, now):
-                return None
-            return self._remaining_header(account, now), False
-        if self._take_token(account, now):
-            return None
-        assert self._rate_limit is not None
-        refill = (1.0 - account.tokens) / self._rate_limit
-        if isinstance(self._retry_after, float | int):
-            pause = float(self._retry_after)
-            header = _format_seconds(pause)
-            self._start_pause(account, pause, None)
-            return header, False
-        seconds = max(1, math.ceil(refill))
-        if self._retry_after is None:
-            self._start_pause(account, seconds, None)
-            return str(seconds), False
-        # "date": the date has whole seconds, so round it up and pause until then.
-        wall = time.time()
-        until = math.ceil(wall + seconds)
-        header = _http_date(until)
-        self._start_pause(account, until - wall, header)
-        return header, False
-
-    def _start_pause(self, account: _Account, seconds: float, date_header: str | None) -> None:
-        now = self._loop_time()
-        account.pause_start = now
-        account.pause_end = now + seconds
-        account.date_header = date_header
-
-    def _remaining_header(self, account: _Account, now: float) -> str:
-        remaining = account.pause_end - now
-        if isinstance(self._retry_after, float | int):
-            return _format_remaining(remaining)
-        if self._retry_after is None:
-            return str(max(1, math.ceil(remaining)))
-        if account.date_header is None:
-            account.date_header = _http_date(math.ceil(time.time() + remaining))
-        return account.date_header
-
-
-_DROP_BEFORE: Final = Fault.drop()
-_DROP_AFTER: Final = Fault.drop(after=True)
-_HANG: Final = Fault.hang()
-#: How often a hung request checks whether its client has gone, in seconds.
-_HANG_POLL: Final = 0.01
-
-
-def _unauthorized() -> web.Response:
-    return web.Response(
-        status=401,
-        body=_BODY_UNAUTHORIZED,
-        headers={"Content-Type": _JSON, "WWW-Authenticate": "Bearer"},
-    )
-
-
-def _too_many(retry_after: str | None) -> web.Response:
-    response = _json_response(429, _BODY_TOO_MANY)
-    if retry_after is not None:
-        response.headers["Retry-After"] = retry_after
-    return response
-
-
-def _header_problem(request: web.BaseRequest) -> bytes | None:
-    """The 400 body for a request that breaks the documented form, or None."""
-    headers = request.headers
-    if headers.get("Content-Type") != _API_CONTENT_TYPE:
-        return _BODY_BAD_CONTENT_TYPE
-    if "Accept" not in headers:
-        return _BODY_NO_ACCEPT
-    if request.body_exists:
-        return _BODY_HAS_BODY
-    return None
-
-
-def _check_account_id(account_id: str) -> None:
-    if not isinstance(account_id, str) or not account_id or account_id.strip() != account_id:
-        raise ValueError(
-            f"account_id must be a non-empty str without surrounding spaces: {account_id!r}"
-        )
-
-
-def _checked_faults(faults: tuple[Fault, ...]) -> tuple[Fault, ...]:
-    for fault in faults:
-        if not isinstance(fault, Fault):
-            raise TypeError(
-                f"expected Fault objects (Fault.error(), Fault.drop(), ...), got {fault!r}"
-            )
-    return faults

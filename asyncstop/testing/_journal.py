@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 
 import msgspec
 
-__all__ = ["JournalEntry", "Outcome"]
+__all__ = ["JournalEntry", "Outcome", "PendingEntry"]
 
 
 class Outcome(enum.StrEnum):
@@ -21,6 +22,10 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"
     #: 404: no such order, another account's order, already cancelled, or no order id in the path.
     NOT_FOUND = "not_found"
+    #: 404 (the same body as ``not_found``): the token may not use the ``accountId`` sent.
+    ACCOUNT_NOT_ALLOWED = "account_not_allowed"
+    #: ``GET /frontoffice/api/v3/accounts`` answered 200 with the token's accounts.
+    ACCOUNTS = "accounts"
     #: 401: no ``Authorization: Bearer <token>`` with an accepted token; ``Fault.unauthorized()``.
     UNAUTHORIZED = "unauthorized"
     #: 400: no ``accountId``, or (``strict_headers``) wrong Content-Type, no Accept, or a body.
@@ -39,9 +44,11 @@ class Outcome(enum.StrEnum):
     HUNG = "hung"
     #: A HEAD request (the client's connection warm-up), answered 200 with no body.
     WARM_UP = "warm_up"
-    #: 405: a method other than DELETE or HEAD.
+    #: 405: a method other than DELETE or HEAD (GET only on the accounts path).
     METHOD_NOT_ALLOWED = "method_not_allowed"
-    #: ``Fault.reply``: an arbitrary raw answer, after cancelling if it asked to.
+    #: An answer that is not the documented one, after cancelling if the fault asked to:
+    #: ``Fault.reply`` (an HTML page, an empty body...), ``Fault.other_order``,
+    #: ``Fault.huge_body``, ``Fault.endless_body`` or ``Fault.gzip_bomb``.
     REPLIED = "replied"
     #: ``Fault.redirect``: 307 with a Location header, nothing cancelled.
     REDIRECTED = "redirected"
@@ -78,3 +85,42 @@ class JournalEntry(msgspec.Struct, frozen=True, kw_only=True):
     def duration(self) -> float:
         """Seconds from arrival to answer (``inf`` while unanswered)."""
         return self.done_time - self.time
+
+
+class PendingEntry:
+    """A request's place in the journal while it is inside the exchange."""
+
+    __slots__ = ("entry", "index", "journal", "loop")
+
+    def __init__(
+        self,
+        entry: JournalEntry,
+        journal: list[JournalEntry] | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.entry = entry
+        self.journal = journal
+        self.loop = loop
+        self.index = 0
+        if journal is not None:
+            self.index = len(journal)
+            journal.append(entry)
+
+    def mark(self, outcome: Outcome) -> None:
+        """Show a not yet answered request's outcome (a hang, a stream) in the journal."""
+        self.entry = msgspec.structs.replace(self.entry, outcome=outcome)
+        if self.journal is not None:
+            self.journal[self.index] = self.entry
+
+    def settle(self, status: int | None, outcome: Outcome, applied: bool = False) -> JournalEntry:
+        """Record the answer (or its absence) now; return the final entry."""
+        final = msgspec.structs.replace(
+            self.entry,
+            done_time=self.loop.time(),
+            status=status,
+            outcome=outcome,
+            applied=applied,
+        )
+        if self.journal is not None:
+            self.journal[self.index] = final
+        return final

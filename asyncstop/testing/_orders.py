@@ -10,6 +10,7 @@ never on the wall clock.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -17,7 +18,18 @@ from typing import Final
 
 import msgspec
 
-__all__ = ["FakeStopOrder", "OrderFactory", "encode_cancel_reply", "format_ticks", "now_timestamp"]
+from ._accounts import FakeAccount
+
+__all__ = [
+    "FakeStopOrder",
+    "OrderBook",
+    "OrderFactory",
+    "cancel",
+    "encode_cancel_reply",
+    "format_ticks",
+    "now_timestamp",
+    "other_order",
+]
 
 WAITING_FOR_ACTIVATION: Final = "WaitingForActivation"
 ACTIVATED: Final = "Activated"
@@ -232,3 +244,168 @@ class OrderFactory:
     def pick_activated(self, count: int, fraction: float) -> set[int]:
         """Choose which of ``count`` new orders are Activated: ``round(count * fraction)``."""
         return set(self._rng.sample(range(count), round(count * fraction)))
+
+
+def cancel(
+    orders: dict[str, FakeStopOrder], order_id: str | None, account_id: str
+) -> FakeStopOrder | None:
+    """Cancel the order if it exists, is live and is the account's; return it if so."""
+    if order_id is None:
+        return None
+    order = orders.get(order_id)
+    if order is None or not order.live or order.account_id != account_id:
+        return None
+    stamp = now_timestamp()
+    order.live = False
+    order.cancellation_date = stamp
+    order.updated_at = stamp
+    order.cancel_count += 1
+    return order
+
+
+#: The documented example's order (cancel-stop-order.txt), for answers about an order we lack.
+_EXAMPLE: Final = FakeStopOrder(
+    order_id="01K2MNGAWPMQJ7WGATFSCAS1G4",
+    account_id="",
+    market_id="perp.btc_usdt",
+    market_display_name="Perpetual BTC/USDT",
+    order_type="Limit",
+    side="Sell",
+    requested_price="115100",
+    activation_price="115000",
+    requested_amount="1",
+    time_in_force="Gtc",
+    status="Rejected",
+    created_at="2025-08-14T16:09:44.5986099Z",
+    updated_at="2025-08-14T16:09:44.5986103Z",
+)
+_EXAMPLE_NEIGHBOUR: Final = "01K2MNGAWPMQJ7WGATFSCAS1G5"
+
+
+def other_order(
+    orders: dict[str, FakeStopOrder], asked_id: str | None, other_id: str | None
+) -> FakeStopOrder:
+    """The order an answer about ``asked_id`` wrongly describes (see ``Fault.other_order``)."""
+    if other_id is not None and other_id in orders and other_id != asked_id:
+        return orders[other_id]
+    if other_id is None or other_id == asked_id:
+        other_id = _EXAMPLE.order_id if asked_id != _EXAMPLE.order_id else _EXAMPLE_NEIGHBOUR
+    asked = orders.get(asked_id) if asked_id is not None else None
+    return dataclasses.replace(asked if asked is not None else _EXAMPLE, order_id=other_id)
+
+
+class OrderBook:
+    """The exchange's orders and accounts, and how tests set them up and read them.
+
+    Attributes:
+        orders: every order by id; :class:`FakeStopOrder` records, mutable.
+        accounts: every account the exchange knows, by id, as :class:`FakeAccount`.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.orders: dict[str, FakeStopOrder] = {}
+        self.accounts: dict[str, FakeAccount] = {}
+        self._factory = OrderFactory(seed)
+
+    def open_stop_orders(self, account_id: str | None = None) -> set[str]:
+        """Ids of the still-live orders of ``account_id``, or of every account."""
+        return {
+            oid
+            for oid, order in self.orders.items()
+            if order.live and (account_id is None or order.account_id == account_id)
+        }
+
+    def cancelled_stop_orders(self, account_id: str | None = None) -> set[str]:
+        """Ids of the orders no longer live (cancelled) of ``account_id``, or of every account."""
+        return {
+            oid
+            for oid, order in self.orders.items()
+            if not order.live and (account_id is None or order.account_id == account_id)
+        }
+
+    def add_stop_orders(
+        self, count: int, account_id: str = "acc-1", activated_fraction: float = 0.0
+    ) -> list[str]:
+        """Add ``count`` realistic live stop orders to ``account_id``; return their ids in order.
+
+        Ids are unique seeded ULIDs. ``round(count * activated_fraction)`` of the
+        orders, chosen at random, have status ``Activated`` (the stop triggered);
+        the rest ``WaitingForActivation``.
+        """
+        if count < 0:
+            raise ValueError(f"count must not be negative, not {count!r}")
+        if not 0.0 <= activated_fraction <= 1.0:
+            raise ValueError(
+                f"activated_fraction must be between 0 and 1, not {activated_fraction!r}"
+            )
+        self._known_account(account_id)
+        activated = self._factory.pick_activated(count, activated_fraction)
+        return [
+            self._add(account_id, None, ACTIVATED if i in activated else WAITING_FOR_ACTIVATION)
+            for i in range(count)
+        ]
+
+    def add_stop_order(
+        self,
+        account_id: str = "acc-1",
+        order_id: str | None = None,
+        status: str = WAITING_FOR_ACTIVATION,
+    ) -> str:
+        """Add one live stop order (random realistic fields) and return its id.
+
+        ``order_id`` defaults to a new seeded ULID; an explicit one must be new and
+        must not contain ``/``. Change any other field through ``exchange.orders[id]``.
+        """
+        self._known_account(account_id)
+        if order_id is not None:
+            if not isinstance(order_id, str) or not order_id or "/" in order_id:
+                raise ValueError(f"order_id must be a non-empty str without '/', not {order_id!r}")
+            if order_id in self.orders:
+                raise ValueError(f"order {order_id!r} already exists")
+        return self._add(account_id, order_id, status)
+
+    def add_account(
+        self,
+        account_id: str,
+        *,
+        account_name: str | None = None,
+        account_type: str = "Hedging",
+        total_balance_in_rat: str = "10000.00",
+        is_copy_trading_account: bool = False,
+    ) -> FakeAccount:
+        """Add (or replace) the account ``account_id`` as ``GET /accounts`` describes it.
+
+        Accounts are otherwise made on first mention (an order, a token's list)
+        with these defaults and the name ``"Fake <type> account <id>"``.
+        """
+        _check_account_id(account_id)
+        account = FakeAccount(
+            account_id,
+            account_name or f"Fake {account_type} account {account_id}",
+            account_type,
+            total_balance_in_rat,
+            is_copy_trading_account,
+        )
+        self.accounts[account_id] = account
+        return account
+
+    def _add(self, account_id: str, order_id: str | None, status: str) -> str:
+        created_ms, new_id = self._factory.new_id()
+        while order_id is None and new_id in self.orders:
+            created_ms, new_id = self._factory.new_id()
+        order = self._factory.make(order_id or new_id, created_ms, account_id, status)
+        self.orders[order.order_id] = order
+        return order.order_id
+
+    def _known_account(self, account_id: str) -> FakeAccount:
+        account = self.accounts.get(account_id)
+        if account is None:
+            account = self.add_account(account_id)
+        return account
+
+
+def _check_account_id(account_id: str) -> None:
+    if not isinstance(account_id, str) or not account_id or account_id.strip() != account_id:
+        raise ValueError(
+            f"account_id must be a non-empty str without surrounding spaces: {account_id!r}"
+        )

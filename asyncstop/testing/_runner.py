@@ -2,7 +2,9 @@
 
 The one place in ``asyncstop.testing`` that writes to the terminal. It writes to
 streams it is given (stdout by default) rather than calling ``print``, so that
-the package CLI (``asyncstop fake-exchange``) can reuse :func:`main` as it is.
+the package CLI (``asyncstop fake-exchange``) can reuse it: it registers the
+same arguments with :func:`add_fake_exchange_arguments` and runs them with
+:func:`run_fake_exchange`.
 """
 
 from __future__ import annotations
@@ -15,15 +17,29 @@ import secrets
 import signal
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Final, TextIO
 
 from .._argtypes import count, fraction, positive_float
 from ._exchange import FakeExchange
 from ._faults import Faults
 
-__all__ = ["main", "parse_duration", "serve_forever"]
+__all__ = [
+    "add_fake_exchange_arguments",
+    "build_parser",
+    "main",
+    "parse_duration",
+    "run_fake_exchange",
+    "serve_forever",
+]
 
-_DEFAULT_PORT = 8080
+_PROG: Final = "python -m asyncstop.testing"
+_DEFAULT_PORT: Final = 8080
+_MAX_PORT: Final = 65535
+#: argparse's status for a usage error; also used when the exchange cannot serve.
+_EXIT_USAGE: Final = 2
+#: Ends a help line that states its default in words: an empty ``%(default)``
+#: field, so that ArgumentDefaultsHelpFormatter does not add "(default: None)".
+_STATED: Final = "%(default).0s"
 
 
 def parse_duration(text: str) -> float:
@@ -53,43 +69,86 @@ def _duration_argument(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser of :func:`main`."""
-    parser = argparse.ArgumentParser(
-        prog=prog or "python -m asyncstop.testing",
-        description=(
-            "Serve a fake exchange with stop orders to cancel, on 127.0.0.1, "
-            "until Ctrl-C or SIGTERM."
-        ),
+def _port_argument(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= _MAX_PORT:
+        raise argparse.ArgumentTypeError(f"a port is from 0 to {_MAX_PORT}, not {port}")
+    return port
+
+
+def add_fake_exchange_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the fake exchange's command-line arguments on ``parser``.
+
+    ``python -m asyncstop.testing`` and ``asyncstop fake-exchange`` both call
+    it, so they take the same arguments; every help line states its default.
+    Pass the parsed namespace to :func:`run_fake_exchange`. Errors found after
+    parsing (a port already in use) are reported as ``<parser.prog>: error: ...``.
+    """
+    parser.add_argument(
+        "--port",
+        type=_port_argument,
+        default=_DEFAULT_PORT,
+        help="port to listen on; 0 picks a free one (default: %(default)s)",
     )
     parser.add_argument(
-        "--port", type=int, default=_DEFAULT_PORT, help="port to listen on; 0 picks a free one"
+        "--orders",
+        type=count(0),
+        default=1000,
+        help="stop orders per account (default: %(default)s)",
     )
-    parser.add_argument("--orders", type=count(0), default=1000, help="stop orders per account")
-    parser.add_argument("--accounts", type=count(0), default=1, help="accounts acc-1, acc-2, ...")
-    parser.add_argument("--token", help="the accepted bearer token (default: a random one)")
+    parser.add_argument(
+        "--accounts",
+        type=count(0),
+        default=1,
+        help="number of accounts, named acc-1, acc-2, ... (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        help=f"the accepted bearer token (default: a random one, printed at start){_STATED}",
+    )
     parser.add_argument(
         "--latency",
         type=_duration_argument,
         default=0.0,
-        help="fixed delay before each answer, e.g. 20ms",
+        help="fixed delay before each answer, e.g. 20ms (default: %(default)s s)",
     )
     parser.add_argument(
         "--fault-rate",
         type=fraction,
         default=0.0,
         help="probability of a fault per request, spread evenly over a 5xx before the cancel, "
-        "a 5xx after it and a dropped connection after it",
+        "a 5xx after it and a dropped connection after it (default: %(default)s)",
     )
     parser.add_argument(
-        "--rate-limit", type=positive_float, help="max cancels per second per account"
+        "--rate-limit",
+        type=positive_float,
+        help=f"max cancels per second per account (default: no limit){_STATED}",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of every random choice (default: %(default)s)"
+    )
     parser.add_argument(
         "--ids-out",
         type=Path,
-        help="write account_id,order_id lines to this file instead of standard output",
+        help=f"write account_id,order_id lines to this file (default: standard output){_STATED}",
     )
+    parser.set_defaults(fake_exchange_prog=parser.prog)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of :func:`main`."""
+    parser = argparse.ArgumentParser(
+        prog=prog or _PROG,
+        description=(
+            "Serve a fake exchange with stop orders to cancel, on 127.0.0.1, "
+            "until Ctrl-C or SIGTERM."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_fake_exchange_arguments(parser)
     return parser
 
 
@@ -137,9 +196,14 @@ async def serve_forever(
             loop.remove_signal_handler(signum)
 
 
-def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
-    """Run the fake exchange command line; return the exit status (0 after SIGINT/SIGTERM)."""
-    args = build_parser(prog).parse_args(argv)
+def run_fake_exchange(args: argparse.Namespace) -> int:
+    """Serve the fake exchange that ``args`` (from :func:`add_fake_exchange_arguments`) describe.
+
+    Blocks until SIGINT or SIGTERM, then returns 0. Returns 2 after writing
+    ``<prog>: error: <reason>`` to standard error when it cannot serve (the
+    port is taken, ``--ids-out`` cannot be written).
+    """
+    prog = getattr(args, "fake_exchange_prog", None) or _PROG
     token = args.token if args.token is not None else secrets.token_urlsafe(24)
     third = args.fault_rate / 3
     exchange = FakeExchange(
@@ -158,6 +222,15 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     except OSError as err:
-        sys.stderr.write(f"error: {err}\n")
-        return 1
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return _EXIT_USAGE
     return 0
+
+
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the fake exchange command line; return the exit status (0 after SIGINT/SIGTERM).
+
+    Bad arguments exit with status 2 and an argparse message, as
+    ``argparse`` does; see :func:`run_fake_exchange` for the rest.
+    """
+    return run_fake_exchange(build_parser(prog).parse_args(argv))

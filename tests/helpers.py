@@ -1,0 +1,118 @@
+"""What several test modules share: the fake credentials, the documented reply, and checks.
+
+Fixtures live in ``conftest.py``; everything a test imports lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Protocol
+
+import aiohttp
+
+import asyncstop
+from asyncstop.testing import FakeExchange
+
+#: Recognisable, so that a leak is easy to find in any text.
+TOKEN = "SECRET-TOKEN-3f9a1c"
+ACCOUNT = "acc-1"
+#: How long after a 429 a request may still arrive at the fake exchange without
+#: counting as sent inside the pause: the client may have sent it before it could
+#: read the 429, and a stall of this shared process delays its arrival. Tests that
+#: judge pauses at the exchange ask for a Retry-After of at least 0.25 s, so the
+#: rest of the window still catches a client that ignores pauses. ClientTimeline
+#: judges them on the client's own clock and needs no grace.
+PAUSE_GRACE = 0.1
+#: Seconds a test waits for a condition with ``asyncstop.testing.wait_until``: generous
+#: for a loaded 2-core machine, yet far inside pytest's 60 s, so the failure names the condition.
+WAIT_LIMIT = 10.0
+
+#: The 200 example of the Cancel Stop order documentation (shared/api/openapi.yaml), verbatim.
+DOC_EXAMPLE = (
+    b'{"order": {"marketId": "perp.btc_usdt", "marketDisplayName": "Perpetual BTC/USDT", '
+    b'"orderId": "01K2MNGAWPMQJ7WGATFSCAS1G4", "orderType": "Limit", "side": "Sell", '
+    b'"requestedPrice": "115100", "activationPrice": "115000", "requestedAmount": "1", '
+    b'"timeInForce": "Gtc", "status": "Rejected", "createdAt": "2025-08-14T16:09:44.5986099Z", '
+    b'"updatedAt": "2025-08-14T16:09:44.5986103Z", "cancellationDate": null}}'
+)
+
+
+class ClientFactory(Protocol):
+    """The ``make_client`` fixture: opens a client; keyword arguments override the defaults."""
+
+    async def __call__(self, **overrides: Any) -> asyncstop.AsyncStopClient: ...
+
+
+_PACKAGE = Path(asyncstop.__file__).parent
+_TESTING = _PACKAGE / "testing"
+
+
+def client_tasks() -> list[asyncio.Task[object]]:
+    """Tasks on this loop running asyncstop's client code (the fake exchange's are left out)."""
+    found = []
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            continue
+        code = getattr(task.get_coro(), "cr_code", None)
+        filename = Path(code.co_filename) if code is not None else None
+        if (
+            filename is not None
+            and filename.is_relative_to(_PACKAGE)
+            and not filename.is_relative_to(_TESTING)
+        ):
+            found.append(task)
+    return found
+
+
+def requests_per_order(exchange: FakeExchange) -> Counter[str | None]:
+    """How many DELETE requests the exchange received for each order id."""
+    return Counter(e.order_id for e in exchange.journal if e.method == "DELETE")
+
+
+class ClientTimeline:
+    """When the client started each request and read each 429, on the client's own clock.
+
+    A request the client starts after reading a 429 (its headers) and before
+    that 429's Retry-After has passed ignored the pause. Both times are taken in
+    the client's own tasks, in the order its code runs, so a stall of the test
+    process moves them together and cannot fake a violation, as it can between
+    a request's sending and its arrival at the exchange. Pass ``timeline.trace``
+    to the ``aiohttp.ClientSession`` given to the client.
+    """
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        #: (when the client read the 429, its Retry-After in seconds)
+        self.pauses: list[tuple[float, float]] = []
+        self.trace = aiohttp.TraceConfig()
+        self.trace.on_request_start.append(self._started)
+        self.trace.on_request_end.append(self._ended)
+
+    async def _started(
+        self,
+        session: aiohttp.ClientSession,
+        context: SimpleNamespace,
+        params: aiohttp.TraceRequestStartParams,
+    ) -> None:
+        self.starts.append(asyncio.get_running_loop().time())
+
+    async def _ended(
+        self,
+        session: aiohttp.ClientSession,
+        context: SimpleNamespace,
+        params: aiohttp.TraceRequestEndParams,
+    ) -> None:
+        if params.response.status == 429:
+            retry_after = float(params.response.headers["Retry-After"])
+            self.pauses.append((asyncio.get_running_loop().time(), retry_after))
+
+    def starts_inside_pauses(self) -> list[float]:
+        """The request starts that fell inside a pause the client had already read."""
+        return [
+            start
+            for start in self.starts
+            if any(read < start < read + seconds for read, seconds in self.pauses)
+        ]
