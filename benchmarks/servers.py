@@ -61,6 +61,7 @@ __all__ = [
     "ServerSpec",
     "TLSFiles",
     "child_env",
+    "reply_for",
     "repo_root",
     "tls_files",
 ]
@@ -111,7 +112,30 @@ def _response(status: str, body: bytes, extra: str = "") -> bytes:
     return head.encode() + body
 
 
-_OK: Final = _response("200 OK", REPLY_BODY)
+#: The example's order id: each 200 carries the id asked instead, as the exchange
+#: does and as asyncstop requires before it reports an order cancelled.
+_EXAMPLE_ID: Final = b"01K2MNGAWPMQJ7WGATFSCAS1G4"
+_REPLY_BEFORE_ID, _REPLY_AFTER_ID = REPLY_BODY.split(_EXAMPLE_ID)
+_OK_HEAD: Final = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: "
+)
+_REPLY_LENGTH: Final = len(_REPLY_BEFORE_ID) + len(_REPLY_AFTER_ID)
+
+
+def reply_for(order_id: bytes) -> bytes:
+    """The 200 answer for ``order_id``: the documented example, carrying that id."""
+    return b"".join(
+        (
+            _OK_HEAD,
+            str(_REPLY_LENGTH + len(order_id)).encode(),
+            b"\r\n\r\n",
+            _REPLY_BEFORE_ID,
+            order_id,
+            _REPLY_AFTER_ID,
+        )
+    )
+
+
 _NOT_ALLOWED: Final = _response("405 Method Not Allowed", b"", "Allow: DELETE\r\n")
 _NOT_FOUND: Final = _response("404 Not Found", b'{"errorCode":10002,"message":"Not found"}')
 _BAD_REQUEST: Final = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -255,7 +279,7 @@ class _State:
                 self.by_status[429] = self.by_status.get(429, 0) + 1
                 return refusal
         self.by_status[200] = self.by_status.get(200, 0) + 1
-        return _OK
+        return reply_for(target[len(STOP_ORDERS_PATH) :])
 
 
 def _rate_limited(retry_after: str) -> bytes:

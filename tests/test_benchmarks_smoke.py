@@ -16,7 +16,7 @@ import pytest
 from benchmarks.common import Figure
 from benchmarks.report import ScenarioResult, format_table
 from benchmarks.responsiveness import _percentile
-from benchmarks.servers import REPLY_BODY, ServerProcess, ServerSpec, _State
+from benchmarks.servers import REPLY_BODY, ServerProcess, ServerSpec, _State, reply_for
 
 from .helpers import DOC_EXAMPLE
 
@@ -52,7 +52,7 @@ def test_rate_limit_server_pauses_the_account_and_counts_requests_inside_the_pau
 
 
 def test_server_process_answers_on_keep_alive_and_is_reaped() -> None:
-    """Two requests on one connection get the 200 body; HEAD gets 405; close() reaps it."""
+    """Two requests on one connection get the 200 body for their id; HEAD gets 405; reaped."""
     request = (
         b"DELETE /frontoffice/api/v3/stop-orders/X HTTP/1.1\r\nHost: x\r\naccountId: a\r\n\r\n"
     )
@@ -66,7 +66,8 @@ def test_server_process_answers_on_keep_alive_and_is_reaped() -> None:
                 received += chunk
         stats = server.stats()
         process = server._process
-    assert received.count(REPLY_BODY) == 2
+    assert received.count(reply_for(b"X")) == 2
+    assert json.loads(reply_for(b"X").split(b"\r\n\r\n", 1)[1])["order"]["orderId"] == "X"
     assert b"HTTP/1.1 405 Method Not Allowed" in received
     assert stats["by_status"] == {"200": 2, "405": 1}
     assert stats["connections"] == 1
