@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from .servers import child_env, repo_root
+from .servers import ACCOUNT_ID, child_env, repo_root
 
 __all__ = [
     "ACCOUNT_ID",
@@ -37,7 +37,6 @@ __all__ = [
 T = TypeVar("T")
 
 TOKEN: Final = "bench-token"  # noqa: S105 - a made-up token for our own fake servers
-ACCOUNT_ID: Final = "acc-1"
 
 #: A loop factory for asyncio.Runner; None is the default asyncio loop.
 LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None

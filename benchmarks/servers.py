@@ -55,6 +55,7 @@ from typing import Any, Final, Self, cast
 from asyncstop.testing._ratelimit import RateLimiter
 
 __all__ = [
+    "ACCOUNT_ID",
     "REPLY_BODY",
     "STOP_ORDERS_PATH",
     "ServerProcess",
@@ -67,6 +68,8 @@ __all__ = [
 ]
 
 STOP_ORDERS_PATH: Final = "/frontoffice/api/v3/stop-orders/"
+#: The account the benchmarks cancel for; the servers list it for preflight().
+ACCOUNT_ID: Final = "acc-1"
 
 #: The documented 200 body: the example of shared/api/openapi.yaml, compact JSON.
 REPLY_BODY: Final = json.dumps(
@@ -137,6 +140,21 @@ def reply_for(order_id: bytes) -> bytes:
 
 
 _NOT_ALLOWED: Final = _response("405 Method Not Allowed", b"", "Allow: DELETE\r\n")
+#: The documented accounts list, naming the benchmarks' account, for preflight().
+_ACCOUNTS: Final = _response(
+    "200 OK",
+    json.dumps(
+        [
+            {
+                "accountId": ACCOUNT_ID,
+                "accountName": "benchmark account",
+                "accountType": "Hedging",
+                "totalBalanceInRAT": "10000.00",
+                "isCopyTradingAccount": False,
+            }
+        ]
+    ).encode(),
+)
 _NOT_FOUND: Final = _response("404 Not Found", b'{"errorCode":10002,"message":"Not found"}')
 _BAD_REQUEST: Final = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -267,6 +285,8 @@ class _State:
         return _rate_limited(f"{refusal.remaining:.3f}")
 
     def answer(self, method: bytes, target: bytes, account_id: str | None) -> bytes:
+        if method == b"GET" and target == b"/frontoffice/api/v3/accounts":
+            return _ACCOUNTS
         if method != b"DELETE":
             self.by_status[405] = self.by_status.get(405, 0) + 1
             return _NOT_ALLOWED
