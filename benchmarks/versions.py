@@ -7,8 +7,8 @@
 A refactor must not slow the hot path. This runs scenario 1's measurement
 (one fast server on its own core, a fresh warmed pool per sample, N cancels at
 concurrency C) for ``REV`` and for the working tree (or ``OTHER_REV``),
-each exported with ``git archive``, alternating which goes first in each round, each sample in a fresh
-interpreter pinned to the client core. It prints the median client CPU
+each exported with ``git archive``, alternating which goes first in each
+round, each sample in a fresh interpreter pinned to the client core. It prints the median client CPU
 microseconds per cancel of each and their ratio. Both versions talk to the same
 server process in the same run, so the ratio holds on a noisy machine where
 the absolute figures do not.
