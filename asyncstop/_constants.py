@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 #: The documented path prefix; the order id is appended as one path segment.
 STOP_ORDERS_PATH: Final = "/frontoffice/api/v3/stop-orders/"
@@ -59,3 +59,6 @@ LOG_ENV_VAR: Final = "ASYNCSTOP_LOG"
 DEFAULT_MAX_BODY_SIZE: Final = 64 * 1024
 #: An error kept in a report holds at most this much of its reply body.
 MAX_ERROR_BODY_KEPT: Final = 1024
+
+#: The kill switch's ``hedge=`` when none is given: see the README, "Hedged cancels".
+DEFAULT_KILL_SWITCH_HEDGE: Final[float | Literal["auto"] | None] = None

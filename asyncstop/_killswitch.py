@@ -26,10 +26,12 @@ import signal
 import sqlite3
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
+from ._constants import DEFAULT_KILL_SWITCH_HEDGE
 from ._logging import logger
 from ._registry import StopOrderRegistry
+from ._report import CancelOutcome
 from ._validation import check_bulk_settings
 
 if TYPE_CHECKING:
@@ -77,14 +79,18 @@ class KillSwitch:
         concurrency: int | None = None,
         rate_limit: float | None = None,
         on_result: Callable[[CancelResult], object] | None = None,
+        hedge: float | Literal["auto"] | None = DEFAULT_KILL_SWITCH_HEDGE,
     ) -> None:
         # Refused now, not when the switch fires in an emergency.
-        check_bulk_settings(deadline=deadline, concurrency=concurrency, rate_limit=rate_limit)
+        check_bulk_settings(
+            deadline=deadline, concurrency=concurrency, rate_limit=rate_limit, hedge=hedge
+        )
         self.client = client
         self.source = source
         self.deadline = deadline
         self.concurrency = concurrency
         self.rate_limit = rate_limit
+        self.hedge = hedge
         self._on_result = on_result
         self._run: asyncio.Task[CancelReport] | None = None
         self._joiners = 0
@@ -96,6 +102,9 @@ class KillSwitch:
         self._watched = False
         self._late: list[OrderItem] = []
         self._settled: list[tuple[str, str]] = []
+        # not_found results leave the registry only if their run's report does not
+        # warn that most orders were not found (a wrong account id or base URL).
+        self._not_found: list[tuple[str, str]] = []
         self._late_run: asyncio.Task[None] | None = None
         #: The report of the latest finished run that had orders, or None.
         self.last_report: CancelReport | None = None
@@ -181,8 +190,10 @@ class KillSwitch:
             concurrency=self.concurrency,
             rate_limit=self.rate_limit,
             on_result=self._result_in,
+            hedge=self.hedge,
         )
         self._forget_settled()
+        self._forget_not_found(report)
         if len(report) or self.last_report is None:
             self.last_report = report
         logger.warning("kill switch done: %r", report)
@@ -205,7 +216,9 @@ class KillSwitch:
         return produced
 
     def _result_in(self, result: CancelResult) -> None:
-        if result.ok and isinstance(self.source, StopOrderRegistry):
+        if result.outcome is CancelOutcome.NOT_FOUND:
+            self._not_found.append((result.order_id, result.account_id))
+        elif result.ok and isinstance(self.source, StopOrderRegistry):
             if not self._settled:
                 # The results of one loop pass leave the registry together: one
                 # transaction for a durable registry, not one per order.
@@ -225,6 +238,18 @@ class KillSwitch:
             logger.error(
                 "could not remove %d settled orders from the registry: %s", len(settled), err
             )
+
+    def _forget_not_found(self, report: CancelReport) -> None:
+        not_found, self._not_found = self._not_found, []
+        if not not_found or not isinstance(self.source, StopOrderRegistry):
+            return
+        if report.warning is not None:
+            logger.warning(
+                "%d order(s) not found stay in the registry: %s", len(not_found), report.warning
+            )
+            return
+        self._settled.extend(not_found)
+        self._forget_settled()
 
     # -- orders added after the switch fired ------------------------------------------------
 
@@ -259,6 +284,7 @@ class KillSwitch:
                     concurrency=self.concurrency,
                     rate_limit=self.rate_limit,
                     on_result=self._result_in,
+                    hedge=self.hedge,
                 )
             except Exception as err:
                 logger.error(
@@ -269,6 +295,7 @@ class KillSwitch:
                 )
                 return
             self._forget_settled()
+            self._forget_not_found(report)
             logger.warning("late cancels done: %r", report)
 
     # -- signals ----------------------------------------------------------------------------

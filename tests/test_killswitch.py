@@ -16,7 +16,7 @@ import asyncstop
 from asyncstop import CancelOutcome, KillSwitch, StopOrderRegistry
 from asyncstop.testing import FakeExchange, Fault, Faults
 
-from .helpers import ACCOUNT, TOKEN, client_tasks
+from .helpers import ACCOUNT, TOKEN, ClientFactory, client_tasks
 
 
 async def test_trigger_cancels_every_registered_order_and_empties_the_registry(
@@ -388,3 +388,30 @@ async def test_a_durable_registry_keeps_only_what_may_be_live(
     assert [r.order_id for r in report.pending] == [ids[7]]
     with StopOrderRegistry.open(tmp_path / "stops.db") as reopened:
         assert reopened.snapshot() == [ids[7]]
+
+
+async def test_orders_not_found_under_a_wrong_account_stay_registered(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
+    """A switch aimed at the wrong account keeps every order registered: they may be live."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    registry = StopOrderRegistry(ids)
+    client = await make_client(account_id="acc-wrong")
+    report = await KillSwitch(client, registry).trigger()
+    assert report.counts[CancelOutcome.NOT_FOUND] == 5
+    assert report.warning is not None
+    assert len(registry) == 5
+    assert exchange.open_stop_orders() == set(ids)
+
+
+async def test_a_few_orders_not_found_among_cancelled_ones_leave_the_registry(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
+    """Orders filled meanwhile (404) leave the registry when the rest were cancelled."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    registry = StopOrderRegistry([*ids, "FILLED-1"])
+    client = await make_client()
+    report = await KillSwitch(client, registry).trigger()
+    assert report.counts[CancelOutcome.NOT_FOUND] == 1
+    assert report.warning is None
+    assert len(registry) == 0
