@@ -8,15 +8,22 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final, Literal, Self
 
 import msgspec
 
-from .._constants import DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT
+from .._constants import DEFAULT_KILL_SWITCH_HEDGE, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT
 from .._errors import InvalidInputError, WatchdogError
 from .._logging import logger
 from .._registry import StopOrderRegistry
-from .._validation import check_account_id, check_base_url, check_bulk_settings, check_token
+from .._validation import (
+    check_account_id,
+    check_base_url,
+    check_bulk_settings,
+    check_count,
+    check_seconds,
+    check_token,
+)
 from ._protocol import (
     LINE_LIMIT,
     Config,
@@ -100,6 +107,7 @@ class Watchdog:
         deadline: float | None = 10.0,
         concurrency: int | None = None,
         rate_limit: float | None = None,
+        hedge: float | Literal["auto"] | None = DEFAULT_KILL_SWITCH_HEDGE,
         fire_on_error: bool = True,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         timeout: float = DEFAULT_TIMEOUT,
@@ -123,27 +131,25 @@ class Watchdog:
             self._token, self._provider = None, token
         else:
             raise InvalidInputError("token must be a str or an async callable returning a str")
-        if not heartbeat_interval > 0:
-            raise InvalidInputError(
-                f"heartbeat_interval must be > 0 seconds, not {heartbeat_interval!r}"
-            )
+        check_seconds("heartbeat_interval", heartbeat_interval)
+        check_seconds("heartbeat_timeout", heartbeat_timeout)
         if not heartbeat_timeout > heartbeat_interval:
             raise InvalidInputError(
                 f"heartbeat_timeout ({heartbeat_timeout!r}) must be longer than "
                 f"heartbeat_interval ({heartbeat_interval!r})"
             )
-        check_bulk_settings(deadline=deadline, concurrency=concurrency, rate_limit=rate_limit)
-        if not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise InvalidInputError(f"max_concurrency must be an int >= 1, not {max_concurrency!r}")
-        if not timeout > 0:
-            raise InvalidInputError(f"timeout must be > 0 seconds, not {timeout!r}")
-        if not start_timeout > 0:
-            raise InvalidInputError(f"start_timeout must be > 0 seconds, not {start_timeout!r}")
+        check_bulk_settings(
+            deadline=deadline, concurrency=concurrency, rate_limit=rate_limit, hedge=hedge
+        )
+        check_count("max_concurrency", max_concurrency, minimum=1)
+        check_seconds("timeout", timeout)
+        check_seconds("start_timeout", start_timeout)
         self.heartbeat_interval: Final = heartbeat_interval
         self.heartbeat_timeout: Final = heartbeat_timeout
         self.deadline: Final = deadline
         self.concurrency: Final = concurrency
         self.rate_limit: Final = rate_limit
+        self.hedge: Final = hedge
         self.fire_on_error: Final = fire_on_error
         self.max_concurrency: Final = max_concurrency
         self.timeout: Final = timeout
@@ -354,6 +360,7 @@ class Watchdog:
             deadline=self.deadline,
             concurrency=self.concurrency,
             rate_limit=self.rate_limit,
+            hedge=self.hedge,
             max_concurrency=self.max_concurrency,
             timeout=self.timeout,
             preflight=self.preflight,

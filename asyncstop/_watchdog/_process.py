@@ -29,7 +29,6 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -148,12 +147,10 @@ class _Watch:
                     deadline=config.deadline,
                     concurrency=config.concurrency,
                     rate_limit=config.rate_limit,
+                    hedge="auto" if config.hedge == "auto" else _seconds(config.hedge),
                 )
-                preflight: Callable[[], Awaitable[object]] | None = getattr(
-                    client, "preflight", None
-                )
-                if config.preflight and preflight is not None:
-                    await preflight()
+                if config.preflight:
+                    await client.preflight()
                 if config.warm_up:
                     await client.warm_up()
             except Exception as err:
@@ -352,3 +349,8 @@ def main() -> int:
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
     return asyncio.run(_serve())
+
+
+def _seconds(hedge: float | str | None) -> float | None:
+    """A numeric hedge setting from the pipe (validated on the bot's side)."""
+    return None if hedge is None else float(hedge)

@@ -62,6 +62,7 @@ class Config(msgspec.Struct, tag="config", kw_only=True):
     deadline: float | None
     concurrency: int | None
     rate_limit: float | None
+    hedge: float | str | None
     max_concurrency: int
     timeout: float
     preflight: bool
