@@ -11,7 +11,7 @@ import asyncstop
 from asyncstop import CancelOutcome
 from asyncstop.testing import FakeExchange, Fault
 
-from .helpers import ACCOUNT, TOKEN
+from .helpers import ACCOUNT, TOKEN, ClientFactory
 
 HTML = b"<!doctype html><html><body>Welcome to the hotel Wi-Fi</body></html>"
 
@@ -187,3 +187,33 @@ async def test_two_missing_orders_give_no_warning(exchange: FakeExchange) -> Non
         report = await client.cancel_stop_orders(["GONE-1", "GONE-2"])
     assert report.counts[CancelOutcome.NOT_FOUND] == 2
     assert report.warning is None
+
+
+async def test_a_stale_reply_on_an_idle_connection_is_not_taken_for_the_next_order(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
+    """A stray 200 about order A, read as B's answer while B got a 503: B is not cancelled."""
+    first, second = exchange.add_stop_orders(2, account_id=ACCOUNT)
+    exchange.inject_for(first, Fault.stale_reply())
+    exchange.inject_for(second, Fault.error(503))
+    client = await make_client(max_concurrency=1, max_retries=0)
+    report = await client.cancel_stop_orders([first, second])
+    assert exchange.stale_replies_sent == 1
+    outcomes = {r.order_id: r.outcome for r in report.results}
+    assert outcomes[first] is CancelOutcome.CANCELLED
+    assert outcomes[second] is CancelOutcome.UNKNOWN
+    assert second in exchange.open_stop_orders()
+
+
+async def test_an_endless_body_is_cut_at_the_limit(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
+    """A 200 that streams forever is read up to max_body_size, then dropped: unknown, live."""
+    (order_id,) = exchange.add_stop_orders(1, account_id=ACCOUNT)
+    exchange.inject_for(order_id, Fault.endless_body())
+    client = await make_client(max_retries=0, max_body_size=4096)
+    report = await client.cancel_stop_orders([order_id], deadline=5.0)
+    (result,) = report.results
+    assert result.outcome is CancelOutcome.UNKNOWN
+    assert "over 4096 bytes" in str(result.error)
+    assert order_id in exchange.open_stop_orders()
