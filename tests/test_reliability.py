@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Literal
 
 import aiohttp
 from hypothesis import HealthCheck, given, settings
@@ -166,11 +167,16 @@ fault_mixes = st.fixed_dictionaries(
     seed=st.integers(0, 2**16),
     max_retries=st.integers(0, 3),
     deadline=st.sampled_from([None, 0.3, 2.0]),
+    hedge=st.sampled_from([None, 0.02, "auto"]),
 )
 def test_invariants_hold_for_any_fault_mix(
-    mix: dict[str, float], seed: int, max_retries: int, deadline: float | None
+    mix: dict[str, float],
+    seed: int,
+    max_retries: int,
+    deadline: float | None,
+    hedge: float | Literal["auto"] | None,
 ) -> None:
-    """For any mix of faults, each order is reported once and no report contradicts the exchange."""
+    """For any mix of faults, hedged or not, each order is reported once and truly."""
 
     async def scenario() -> None:
         async with FakeExchange(tokens={TOKEN}, seed=seed, faults=Faults(**mix)) as exchange:
@@ -180,7 +186,10 @@ def test_invariants_hold_for_any_fault_mix(
             async with asyncstop.AsyncStopClient(
                 base_url=exchange.base_url, token=TOKEN, timeout=0.2, max_retries=max_retries
             ) as client:
-                report = await client.cancel_stop_orders(items, deadline=deadline, concurrency=8)
+                report = await client.cancel_stop_orders(
+                    items, deadline=deadline, concurrency=8, hedge=hedge
+                )
             check_report_against_exchange(report, items, exchange, exact_attempts=False)
+            assert exchange.max_in_flight <= 8
 
     asyncio.run(scenario())
