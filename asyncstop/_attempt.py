@@ -9,6 +9,7 @@ bulk engine as an object; it knows nothing of the client above it.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import TYPE_CHECKING, Final
 
 from ._account import Account, AccountBook
@@ -29,7 +30,7 @@ from ._transport import Transport
 if TYPE_CHECKING:
     from aiolimiter import AsyncLimiter
 
-__all__ = ["Canceller", "Deadline", "DeadlinePassed", "OrderCancel"]
+__all__ = ["Canceller", "Deadline", "DeadlinePassed", "OrderCancel", "Slots"]
 
 
 class DeadlinePassed(Exception):
@@ -70,6 +71,46 @@ class Deadline:
 NO_DEADLINE: Final = Deadline(None)
 
 
+class Slots:
+    """The requests in flight a call allows: a FIFO counting semaphore where hedges go first.
+
+    A hedge exists to cut a slow reply short; behind every fresh order of a
+    busy call it would come too late to help. Urgent waiters are served before
+    the others, in their own FIFO order.
+    """
+
+    __slots__ = ("_free", "_urgent", "_waiters")
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._urgent: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self, *, urgent: bool = False) -> None:
+        """Take a slot, waiting for one if none is free."""
+        if self._free > 0 and not self._waiters and not self._urgent:
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        (self._urgent if urgent else self._waiters).append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as the waiter was cancelled
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the first urgent waiter, else the first waiter, else the pool."""
+        for queue in (self._urgent, self._waiters):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._free += 1
+
+
 class OrderCancel:
     """One order's cancel across all its attempts: what was sent and what came back."""
 
@@ -94,7 +135,7 @@ class OrderCancel:
         order_id: str,
         *,
         deadline: Deadline = NO_DEADLINE,
-        semaphore: asyncio.Semaphore | None = None,
+        semaphore: Slots | None = None,
         limiter: AsyncLimiter | None = None,
     ) -> None:
         self.account = account
@@ -160,8 +201,11 @@ class Canceller:
         )
         return wait
 
-    async def attempt(self, call: OrderCancel) -> StopOrder:
-        """Send one request for ``call`` (two if a 401 is cured by a fresh token)."""
+    async def attempt(self, call: OrderCancel, *, urgent: bool = False) -> StopOrder:
+        """Send one request for ``call`` (two if a 401 is cured by a fresh token).
+
+        ``urgent`` (a hedge) takes the next free slot ahead of fresh orders.
+        """
         account = call.account
         loop = asyncio.get_running_loop()
         semaphore = call.semaphore
@@ -170,7 +214,7 @@ class Canceller:
                 await self._wait_for_turn(call, loop)
             if semaphore is None:
                 break
-            await semaphore.acquire()
+            await semaphore.acquire(urgent=urgent)
             # A 429 may have paused the account while this task waited for a slot.
             if account.paused_until <= loop.time() and not (
                 account.window and account.active >= account.window

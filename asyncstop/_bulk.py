@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final
 
-from ._attempt import Canceller, Deadline, DeadlinePassed, OrderCancel
+from ._attempt import Canceller, Deadline, DeadlinePassed, OrderCancel, Slots
 from ._errors import (
     APIError,
     APITimeoutError,
@@ -60,7 +60,7 @@ class _Job(OrderCancel):
         account: Account,
         order_id: str,
         deadline: Deadline,
-        semaphore: asyncio.Semaphore,
+        semaphore: Slots,
         limiter: AsyncLimiter | None,
     ) -> None:
         super().__init__(account, order_id, deadline=deadline, semaphore=semaphore, limiter=limiter)
@@ -137,7 +137,7 @@ class _BulkCancel:
         self.concurrency = concurrency
         self.rate_limit = rate_limit
         self.on_result = on_result
-        self.semaphore = asyncio.Semaphore(concurrency)
+        self.semaphore = Slots(concurrency)
         self.jobs: dict[tuple[str, str], _Job] = {}
         # The job behind each input item, in input order; None for an item
         # refused as invalid (its result is in `invalid`).

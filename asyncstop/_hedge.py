@@ -7,7 +7,11 @@ server pushes back; so does this one. The rules:
 
 - The delay is fixed (seconds) or ``"auto"``: the p95 of this call's reply
   times, measured from the moment each request reached the wire, once
-  ``AUTO_MIN_SAMPLES`` replies are in (no hedging before that).
+  ``AUTO_MIN_SAMPLES`` replies are in (requests already waiting then get it
+  too), and at least twice their median (a server without a tail gets no
+  hedges).
+- A hedge takes the next free slot ahead of fresh orders: behind them it would
+  come too late to cut anything short.
 - A hedge is one more request through the same per-order path, so it counts
   toward the call's concurrency, the rate limit and ``attempts``, and waits
   out a 429 pause like any request. No hedge is sent for an account in a 429
@@ -37,6 +41,8 @@ HedgeSetting = float | Literal["auto"] | None
 DEFAULT_HEDGE_BUDGET: Final = 0.10
 #: "auto" hedges once this many replies give a p95 to go by.
 AUTO_MIN_SAMPLES: Final = 20
+#: "auto" waits at least this many median reply times before a hedge.
+AUTO_MIN_MEDIAN_MULTIPLE: Final = 2.0
 #: The auto delay is recomputed after this many new replies (sorting is not free).
 _RECOMPUTE_EVERY: Final = 16
 
@@ -46,6 +52,8 @@ class Hedger:
 
     __slots__ = (
         "_auto_delay",
+        "_changed",
+        "_quantiles",
         "_samples",
         "_samples_at_delay",
         "budget",
@@ -66,6 +74,8 @@ class Hedger:
         self._samples: list[float] = []
         self._samples_at_delay = 0
         self._auto_delay: float | None = None
+        self._quantiles: tuple[float, float] | None = None
+        self._changed: asyncio.Future[None] | None = None
         #: First requests started, hedges started, and hedges whose answer won.
         self.primaries = 0
         self.hedges_sent = 0
@@ -74,17 +84,37 @@ class Hedger:
         self.stopped_accounts: set[str] = set()
 
     def delay(self) -> float | None:
-        """Seconds without an answer before a hedge, or None while "auto" has too few replies."""
+        """Seconds without an answer before a hedge, or None while "auto" has too few replies.
+
+        "auto" hedges at the p95, and at least 2 medians, so that a server
+        without a tail gets no hedges.
+        """
         if self.fixed_delay is not None:
             return self.fixed_delay
         count = len(self._samples)
         if count < AUTO_MIN_SAMPLES:
             return None
-        if self._auto_delay is None or count - self._samples_at_delay >= _RECOMPUTE_EVERY:
+        if self._quantiles is None or count - self._samples_at_delay >= _RECOMPUTE_EVERY:
             ordered = sorted(self._samples)
-            self._auto_delay = ordered[min(count - 1, math.ceil(0.95 * count) - 1)]
+
+            def quantile(q: float) -> float:
+                return ordered[min(count - 1, math.ceil(q * count) - 1)]
+
+            self._quantiles = (quantile(0.5), quantile(0.95))
             self._samples_at_delay = count
-        return self._auto_delay
+        p50, p95 = self._quantiles
+        return max(p95, AUTO_MIN_MEDIAN_MULTIPLE * p50)
+
+    def _pulse(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    def _next_change(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """A future resolved when the delay becomes known (enough replies are in)."""
+        if self._changed is None:
+            self._changed = loop.create_future()
+        return self._changed
 
     def _may_hedge(self, job: OrderCancel) -> bool:
         account = job.account
@@ -104,14 +134,27 @@ class Hedger:
         tasks = {primary}
         try:
             await asyncio.wait((primary, sent), return_when=asyncio.FIRST_COMPLETED)
-            delay = self.delay()
-            if primary.done() or delay is None:
+            if primary.done():
                 return await primary
-            done, _ = await asyncio.wait(tasks, timeout=delay)
-            if done or not self._may_hedge(job):
+            sent_at = sent.result()
+            while True:
+                delay = self.delay()
+                wait = None if delay is None else sent_at + delay - loop.time()
+                if wait is not None and wait <= 0:
+                    break
+                done, _ = await asyncio.wait(
+                    (primary, self._next_change(loop)),
+                    timeout=wait,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if primary.done():
+                    return await primary
+                if not done:
+                    break  # no answer within the delay
+            if not self._may_hedge(job):
                 return await primary
             self.hedges_sent += 1
-            hedge = loop.create_task(self._timed(job, None))
+            hedge = loop.create_task(self._timed(job, None, urgent=True))
             tasks.add(hedge)
             return await self._first_answer(job, primary, hedge)
         finally:
@@ -149,11 +192,13 @@ class Hedger:
         assert error is not None
         raise error
 
-    async def _timed(self, job: OrderCancel, sent: asyncio.Future[float] | None) -> StopOrder:
+    async def _timed(
+        self, job: OrderCancel, sent: asyncio.Future[float] | None, *, urgent: bool = False
+    ) -> StopOrder:
         """Run one attempt; learn its reply time and whether it met a 429."""
         loop = asyncio.get_running_loop()
         try:
-            order = await self.canceller.attempt(job)
+            order = await self.canceller.attempt(job, urgent=urgent)
         except RateLimitError:
             self.stopped_accounts.add(job.account.account_id)
             raise
@@ -166,3 +211,5 @@ class Hedger:
     def _sample(self, sent: asyncio.Future[float] | None, loop: asyncio.AbstractEventLoop) -> None:
         if sent is not None and sent.done() and not sent.cancelled():
             self._samples.append(loop.time() - sent.result())
+            if len(self._samples) == AUTO_MIN_SAMPLES and self.fixed_delay is None:
+                self._pulse()  # the first-wave requests waiting for a delay get one
