@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from ._errors import InvalidInputError, TokenProviderError
 from ._logging import logger
-from ._validation import check_token
+from ._validation import check_token, check_token_source
 
 __all__ = ["Auth", "TokenProvider"]
 
@@ -26,13 +26,9 @@ class Auth:
     __slots__ = ("_failed", "_lock", "_provider", "_token", "generation")
 
     def __init__(self, token: str | TokenProvider) -> None:
-        if isinstance(token, str):
-            self._token: str | None = check_token(token)
-            self._provider: TokenProvider | None = None
-        elif callable(token):
-            self._token, self._provider = None, token
-        else:
-            raise InvalidInputError("token must be a str or an async callable returning a str")
+        self._token: str | None
+        self._provider: TokenProvider | None
+        self._token, self._provider = check_token_source(token)
         self.generation = 0
         self._lock: asyncio.Lock | None = None
         #: Why the provider failed for the current generation, if it did.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from ._constants import STOP_ORDERS_PATH
@@ -28,6 +28,7 @@ __all__ = [
     "check_order_item",
     "check_seconds",
     "check_token",
+    "check_token_source",
 ]
 
 # RFC 3986 pchar without percent-encoding: unreserved, sub-delims, ":" and "@".
@@ -113,6 +114,15 @@ def check_token(token: object) -> str:
     if _CONTROL.search(token):
         raise InvalidInputError("token contains a control character (CR, LF, ...)")
     return token
+
+
+def check_token_source(token: object) -> tuple[str | None, Any]:
+    """Split ``token`` into (a checked static token, None) or (None, the provider callable)."""
+    if isinstance(token, str):
+        return check_token(token), None
+    if callable(token):
+        return None, token
+    raise InvalidInputError("token must be a str or an async callable returning a str")
 
 
 def check_base_url(base_url: object) -> str:

@@ -12,7 +12,7 @@ import asyncstop
 from asyncstop import CancelOutcome
 from asyncstop.testing import FakeExchange, Fault
 
-from .helpers import ACCOUNT, TOKEN
+from .helpers import ACCOUNT, TOKEN, ClientFactory
 
 
 def deletes(exchange: FakeExchange) -> int:
@@ -183,18 +183,17 @@ async def test_a_404_after_a_request_that_never_left_is_not_found(exchange: Fake
 
 
 async def test_requests_waiting_for_a_pooled_connection_are_not_counted(
+    make_client: ClientFactory,
     exchange: FakeExchange,
 ) -> None:
     """Two bulk calls on a pool of 2 with hung requests: orders that never left are not_sent."""
     ids = exchange.add_stop_orders(12, account_id=ACCOUNT)
     exchange.inject(*[Fault.hang()] * 12)
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_concurrency=2
-    ) as client:
-        first, second = await asyncio.gather(
-            client.cancel_stop_orders(ids[:6], deadline=0.5),
-            client.cancel_stop_orders(ids[6:], deadline=0.5),
-        )
+    client = await make_client(max_concurrency=2)
+    first, second = await asyncio.gather(
+        client.cancel_stop_orders(ids[:6], deadline=0.5),
+        client.cancel_stop_orders(ids[6:], deadline=0.5),
+    )
     results = first.results + second.results
     sent = {e.order_id for e in exchange.journal if e.method == "DELETE"}
     for result in results:
@@ -205,22 +204,21 @@ async def test_requests_waiting_for_a_pooled_connection_are_not_counted(
 
 
 async def test_a_day_long_retry_after_pauses_the_account_only_up_to_the_cap(
-    exchange: FakeExchange, caplog: pytest.LogCaptureFixture
+    make_client: ClientFactory, exchange: FakeExchange, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Retry-After: 86400 pauses the account for max_retry_after, logged at WARNING."""
     ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
     exchange.inject(Fault.error(429, retry_after="86400"))
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retry_after=0.3
-    ) as client:
-        first = await client.cancel_stop_orders(ids[:1], deadline=1.0)
-        second = await client.cancel_stop_orders(ids[1:], deadline=2.0)
+    client = await make_client(max_retry_after=0.3)
+    first = await client.cancel_stop_orders(ids[:1], deadline=1.0)
+    second = await client.cancel_stop_orders(ids[1:], deadline=2.0)
     assert first.results[0].outcome is CancelOutcome.UNKNOWN
     assert [r.outcome for r in second.results] == [CancelOutcome.CANCELLED] * 2
     assert any(r.levelname == "WARNING" and "86400" in r.getMessage() for r in caplog.records)
 
 
 async def test_hung_orders_do_not_hold_the_workers_from_fresh_ones(
+    make_client: ClientFactory,
     exchange: FakeExchange,
 ) -> None:
     """8 hung orders ahead of 200 at concurrency 8: the 200 are all cancelled in time."""
@@ -228,10 +226,8 @@ async def test_hung_orders_do_not_hold_the_workers_from_fresh_ones(
     fresh = exchange.add_stop_orders(200, account_id=ACCOUNT)
     for order_id in hung:
         exchange.inject_for(order_id, *[Fault.hang()] * 10)
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, timeout=1.0
-    ) as client:
-        report = await client.cancel_stop_orders(hung + fresh, concurrency=8, deadline=4.0)
+    client = await make_client(timeout=1.0)
+    report = await client.cancel_stop_orders(hung + fresh, concurrency=8, deadline=4.0)
     outcomes = {r.order_id: r.outcome for r in report.results}
     assert all(outcomes[o] is CancelOutcome.CANCELLED for o in fresh)
     assert all(outcomes[o] is CancelOutcome.UNKNOWN for o in hung)

@@ -32,15 +32,17 @@ def reply_for(order_id: str) -> bytes:
     ],
 )
 async def test_a_2xx_that_is_not_this_orders_reply_is_not_a_cancel(
-    exchange: FakeExchange, body: bytes, headers: dict[str, str], shown: str
+    make_client: ClientFactory,
+    exchange: FakeExchange,
+    body: bytes,
+    headers: dict[str, str],
+    shown: str,
 ) -> None:
     """An HTML page, an empty body or another order's reply leaves the order unknown and live."""
     (order_id,) = exchange.add_stop_orders(1, account_id=ACCOUNT)
     exchange.inject_for(order_id, *[Fault.reply(200, body, headers, apply=False)] * 3)
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retries=2
-    ) as client:
-        report = await client.cancel_stop_orders([order_id])
+    client = await make_client(max_retries=2)
+    report = await client.cancel_stop_orders([order_id])
     (result,) = report.results
     assert result.outcome is CancelOutcome.UNKNOWN
     assert not report.ok
@@ -51,14 +53,14 @@ async def test_a_2xx_that_is_not_this_orders_reply_is_not_a_cancel(
     assert shown in str(result.error)
 
 
-async def test_a_retry_after_a_stray_2xx_settles_on_the_real_answer(exchange: FakeExchange) -> None:
+async def test_a_retry_after_a_stray_2xx_settles_on_the_real_answer(
+    make_client: ClientFactory, exchange: FakeExchange
+) -> None:
     """A 2xx with another order's body, then the real reply: cancelled, on evidence."""
     (order_id,) = exchange.add_stop_orders(1, account_id=ACCOUNT)
     exchange.inject_for(order_id, Fault.reply(200, reply_for("OTHER"), apply=False))
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT
-    ) as client:
-        report = await client.cancel_stop_orders([order_id])
+    client = await make_client()
+    report = await client.cancel_stop_orders([order_id])
     (result,) = report.results
     assert result.outcome is CancelOutcome.CANCELLED
     assert result.order is not None
@@ -68,16 +70,15 @@ async def test_a_retry_after_a_stray_2xx_settles_on_the_real_answer(exchange: Fa
 
 
 async def test_this_orders_reply_with_an_odd_field_is_still_cancelled(
+    make_client: ClientFactory,
     exchange: FakeExchange,
 ) -> None:
     """The lenient decode keeps a confirmed cancel whose reply has an unreadable field."""
     (order_id,) = exchange.add_stop_orders(1, account_id=ACCOUNT)
     odd = json.dumps({"order": {"orderId": order_id, "createdAt": "yesterday", "x": [1]}})
     exchange.inject_for(order_id, Fault.reply(200, odd.encode(), apply=True))
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT
-    ) as client:
-        report = await client.cancel_stop_orders([order_id])
+    client = await make_client()
+    report = await client.cancel_stop_orders([order_id])
     (result,) = report.results
     assert result.outcome is CancelOutcome.CANCELLED
     assert result.order is not None
@@ -85,15 +86,14 @@ async def test_this_orders_reply_with_an_odd_field_is_still_cancelled(
 
 
 async def test_a_huge_2xx_is_read_only_up_to_the_limit_and_is_no_evidence(
+    make_client: ClientFactory,
     exchange: FakeExchange,
 ) -> None:
     """A 2 MiB 200 body is cut at max_body_size, kept as at most 1 KiB, and not a cancel."""
     (order_id,) = exchange.add_stop_orders(1, account_id=ACCOUNT)
     exchange.inject_for(order_id, Fault.reply(200, b"x" * (2 << 20), apply=False))
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retries=0
-    ) as client:
-        report = await client.cancel_stop_orders([order_id])
+    client = await make_client(max_retries=0)
+    report = await client.cancel_stop_orders([order_id])
     (result,) = report.results
     assert result.outcome is CancelOutcome.UNKNOWN
     assert isinstance(result.error, asyncstop.ResponseValidationError)
@@ -101,37 +101,39 @@ async def test_a_huge_2xx_is_read_only_up_to_the_limit_and_is_no_evidence(
     assert len(result.error.body) <= 1024
 
 
-async def test_a_gzip_bomb_is_decompressed_only_up_to_the_limit(exchange: FakeExchange) -> None:
+async def test_a_gzip_bomb_is_decompressed_only_up_to_the_limit(
+    make_client: ClientFactory, exchange: FakeExchange
+) -> None:
     """A reply of 10 MiB of zeros gzipped to a few KiB is cut at the limit, not inflated."""
     (order_id,) = exchange.add_stop_orders(1, account_id=ACCOUNT)
     bomb = gzip.compress(b"0" * (10 << 20))
     assert len(bomb) < 64 * 1024
     exchange.inject_for(order_id, Fault.reply(200, bomb, {"Content-Encoding": "gzip"}, apply=False))
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retries=0
-    ) as client:
-        report = await client.cancel_stop_orders([order_id])
+    client = await make_client(max_retries=0)
+    report = await client.cancel_stop_orders([order_id])
     (result,) = report.results
     assert result.outcome is CancelOutcome.UNKNOWN
     assert isinstance(result.error, asyncstop.ResponseValidationError)
     assert len(result.error.body) <= 1024
 
 
-async def test_a_gzipped_reply_within_the_limit_is_decoded(exchange: FakeExchange) -> None:
+async def test_a_gzipped_reply_within_the_limit_is_decoded(
+    make_client: ClientFactory, exchange: FakeExchange
+) -> None:
     """A server that compresses anyway still gets its cancel recognised."""
     (order_id,) = exchange.add_stop_orders(1, account_id=ACCOUNT)
     exchange.inject_for(
         order_id,
         Fault.reply(200, gzip.compress(reply_for(order_id)), {"Content-Encoding": "gzip"}),
     )
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT
-    ) as client:
-        report = await client.cancel_stop_orders([order_id])
+    client = await make_client()
+    report = await client.cancel_stop_orders([order_id])
     assert report.results[0].outcome is CancelOutcome.CANCELLED
 
 
-async def test_error_pages_kept_in_a_report_hold_at_most_a_kib(exchange: FakeExchange) -> None:
+async def test_error_pages_kept_in_a_report_hold_at_most_a_kib(
+    make_client: ClientFactory, exchange: FakeExchange
+) -> None:
     """400 orders answered with 256 KiB 503 pages keep at most 1 KiB of body each."""
     ids = exchange.add_stop_orders(40, account_id=ACCOUNT)
     page = b"<html>" + b"busy " * (256 * 1024 // 5) + b"</html>"
@@ -139,26 +141,23 @@ async def test_error_pages_kept_in_a_report_hold_at_most_a_kib(exchange: FakeExc
         exchange.inject_for(
             order_id, Fault.reply(503, page, {"Content-Type": "text/html"}, apply=False)
         )
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retries=0
-    ) as client:
-        report = await client.cancel_stop_orders(ids)
+    client = await make_client(max_retries=0)
+    report = await client.cancel_stop_orders(ids)
     for result in report.results:
         assert isinstance(result.error, asyncstop.ServerError)
         assert 0 < len(result.error.body) <= 1024
 
 
 async def test_a_first_attempt_404_is_not_found_and_after_a_drop_already_gone(
+    make_client: ClientFactory,
     exchange: FakeExchange,
 ) -> None:
     """404 at once is not_found; 404 after our own dropped attempt is already_gone."""
     missing, dropped = exchange.add_stop_orders(2, account_id=ACCOUNT)
     exchange.inject_for(missing, Fault.error(404))
     exchange.inject_for(dropped, Fault.drop(after=True))
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT
-    ) as client:
-        report = await client.cancel_stop_orders([missing, dropped])
+    client = await make_client()
+    report = await client.cancel_stop_orders([missing, dropped])
     outcomes = {r.order_id: r.outcome for r in report.results}
     assert outcomes == {missing: CancelOutcome.NOT_FOUND, dropped: CancelOutcome.ALREADY_GONE}
     assert report.ok
@@ -179,12 +178,12 @@ async def test_a_wrong_account_id_gives_not_found_and_a_warning(exchange: FakeEx
     assert exchange.open_stop_orders() == set(ids)
 
 
-async def test_two_missing_orders_give_no_warning(exchange: FakeExchange) -> None:
+async def test_two_missing_orders_give_no_warning(
+    make_client: ClientFactory, exchange: FakeExchange
+) -> None:
     """Fewer than three not_found orders are ordinary (filled meanwhile): no warning."""
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT
-    ) as client:
-        report = await client.cancel_stop_orders(["GONE-1", "GONE-2"])
+    client = await make_client()
+    report = await client.cancel_stop_orders(["GONE-1", "GONE-2"])
     assert report.counts[CancelOutcome.NOT_FOUND] == 2
     assert report.warning is None
 

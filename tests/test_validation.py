@@ -9,7 +9,7 @@ import pytest
 import asyncstop
 from asyncstop.testing import FakeExchange
 
-from .helpers import ACCOUNT, TOKEN
+from .helpers import ACCOUNT, TOKEN, ClientFactory
 
 BASE = "http://127.0.0.1:9"
 
@@ -91,25 +91,21 @@ def test_a_bearer_prefixed_token_names_the_actual_mistake() -> None:
     ],
 )
 async def test_bulk_settings_are_refused_before_anything_is_sent(
-    exchange: FakeExchange, settings: dict[str, object], name: str
+    make_client: ClientFactory, exchange: FakeExchange, settings: dict[str, object], name: str
 ) -> None:
     """``rate_limit=inf`` (which used to hang forever) and a bool concurrency are refused."""
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT
-    ) as client:
-        with pytest.raises(asyncstop.InvalidInputError, match=name):
-            await client.cancel_stop_orders(["o-1"], **settings)  # type: ignore[arg-type]
+    client = await make_client()
+    with pytest.raises(asyncstop.InvalidInputError, match=name):
+        await client.cancel_stop_orders(["o-1"], **settings)  # type: ignore[arg-type]
     assert exchange.journal == []
 
 
 @pytest.mark.parametrize("item", [("acc", "o-1", "extra"), 42, ("acc",), None, b"o-1", ("acc", 7)])
 async def test_malformed_order_items_are_refused_with_their_position(
-    exchange: FakeExchange, item: object
+    make_client: ClientFactory, exchange: FakeExchange, item: object
 ) -> None:
     """A 3-tuple, an int or bytes among the orders is refused, naming its index."""
-    async with asyncstop.AsyncStopClient(
-        base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT
-    ) as client:
-        with pytest.raises(asyncstop.InvalidInputError, match=r"orders\[1\]"):
-            await client.cancel_stop_orders(["o-1", item])  # type: ignore[list-item]
+    client = await make_client()
+    with pytest.raises(asyncstop.InvalidInputError, match=r"orders\[1\]"):
+        await client.cancel_stop_orders(["o-1", item])  # type: ignore[list-item]
     assert exchange.journal == []

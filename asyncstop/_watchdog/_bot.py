@@ -23,6 +23,7 @@ from .._validation import (
     check_count,
     check_seconds,
     check_token,
+    check_token_source,
 )
 from ._protocol import (
     LINE_LIMIT,
@@ -124,13 +125,9 @@ class Watchdog:
         self.registry: Final = registry
         self.base_url: Final = check_base_url(base_url)
         self.account_id: Final = None if account_id is None else check_account_id(account_id)
-        if isinstance(token, str):
-            self._token: str | None = check_token(token)
-            self._provider: TokenProvider | None = None
-        elif callable(token):
-            self._token, self._provider = None, token
-        else:
-            raise InvalidInputError("token must be a str or an async callable returning a str")
+        self._token: str | None
+        self._provider: TokenProvider | None
+        self._token, self._provider = check_token_source(token)
         check_seconds("heartbeat_interval", heartbeat_interval)
         check_seconds("heartbeat_timeout", heartbeat_timeout)
         if not heartbeat_timeout > heartbeat_interval:
