@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import re
 import signal
+import stat
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from asyncstop.testing import FakeExchange, Fault
+import asyncstop
+from asyncstop.testing import FakeExchange, Fault, wait_until
 
-from .conftest import ACCOUNT, TOKEN
+from .helpers import ACCOUNT, TOKEN
 
 REPO = Path(__file__).resolve().parent.parent
 #: Generous for a loaded CI machine; a healthy run takes well under a second.
@@ -60,25 +64,37 @@ def cli_env(
     return env
 
 
-@contextmanager
-def sigint_not_ignored() -> Iterator[None]:
-    """Let children receive SIGINT even if this process was started with it ignored.
+#: The signals the command settles on, and what each is set back to for the child.
+STOPPING_SIGNALS = {
+    signal.SIGINT: signal.default_int_handler,
+    signal.SIGTERM: signal.SIG_DFL,
+    signal.SIGHUP: signal.SIG_DFL,
+}
 
-    A child inherits an ignored SIGINT (e.g. pytest run in the background by a
-    script), and Python then leaves it ignored; the SIGINT test needs the default.
+
+@contextmanager
+def signals_not_ignored() -> Iterator[None]:
+    """Let children receive SIGINT, SIGTERM and SIGHUP even if this process ignores them.
+
+    A child inherits an ignored signal (pytest run in the background by a
+    script ignores SIGINT, under nohup SIGHUP), and the command rightly leaves
+    an ignored signal ignored; the signal tests need the defaults.
     """
-    previous = signal.getsignal(signal.SIGINT)
-    if previous == signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    ignored = [sig for sig in STOPPING_SIGNALS if signal.getsignal(sig) == signal.SIG_IGN]
+    for sig in ignored:
+        signal.signal(sig, STOPPING_SIGNALS[sig])
     try:
         yield
     finally:
-        if previous == signal.SIG_IGN:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
 
 
-async def start_cli(*args: str, env: Mapping[str, str]) -> asyncio.subprocess.Process:
-    with sigint_not_ignored():
+async def start_cli(
+    *args: str, env: Mapping[str, str], stdout: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """Start ``python -m asyncstop *args``; ``stdout`` may be a file descriptor of the test's."""
+    with signals_not_ignored():
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -86,7 +102,7 @@ async def start_cli(*args: str, env: Mapping[str, str]) -> asyncio.subprocess.Pr
             *args,
             env=dict(env),
             stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=stdout,
             stderr=asyncio.subprocess.PIPE,
         )
 
@@ -101,22 +117,12 @@ async def finish(proc: asyncio.subprocess.Process, stdin: str | None = None) -> 
         await proc.wait()
         raise
     assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
+    return Run(proc.returncode, (out or b"").decode(), err.decode())
 
 
 async def run_cli(*args: str, env: Mapping[str, str], stdin: str | None = None) -> Run:
     """Run ``python -m asyncstop *args`` to the end."""
     return await finish(await start_cli(*args, env=env), stdin)
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition()`` until it is true, failing after RUN_TIMEOUT seconds."""
-    async with asyncio.timeout(RUN_TIMEOUT):
-        while True:
-            if condition():
-                return
-            # The exchange's state has no event to wait on; it changes on this loop.
-            await asyncio.sleep(0.01)
 
 
 def write_ids(path: Path, items: list[tuple[str, str]], header: str = "") -> Path:
@@ -150,14 +156,14 @@ async def test_cancel_prints_one_line_per_order(exchange: FakeExchange) -> None:
     assert exchange.open_stop_orders() == set()
 
 
-async def test_cancel_reports_already_gone_and_failed(exchange: FakeExchange) -> None:
-    """An unknown id is already_gone (success); a 400 is failed with its error, and exit is 1."""
+async def test_cancel_reports_not_found_and_failed(exchange: FakeExchange) -> None:
+    """An unknown id is not_found (not live); a 400 is failed with its error, and exit is 1."""
     refused = exchange.add_stop_order(account_id=ACCOUNT)
     exchange.inject_for(refused, Fault.error(400))
     run = await run_cli("cancel", "NO-SUCH-ORDER", refused, env=cli_env(exchange))
     assert run.returncode == 1
     gone, failed = run.stdout.splitlines()
-    assert gone.split()[:2] == ["NO-SUCH-ORDER", "already_gone"]
+    assert gone.split()[:2] == ["NO-SUCH-ORDER", "not_found"]
     assert failed.split()[:2] == [refused, "failed"]
     assert "HTTP 400" in failed
 
@@ -196,16 +202,50 @@ async def test_kill_summary_and_no_bar_off_a_terminal(
     assert run.returncode == 0, run.stderr
     assert "20 orders in" in run.stdout
     assert "cancelled" in run.stdout
-    assert "2 stop(s) had already triggered" in run.stdout
+    assert "2 cancelled stop(s) had already triggered" in run.stdout
     assert "━" not in run.stderr  # no bar
     assert run.stderr == ""
 
 
 async def test_kill_reads_ids_from_stdin(exchange: FakeExchange) -> None:
-    """`--ids -` reads the orders from standard input."""
+    """`--ids -` reads the orders from a pipe, with no prompt in the way."""
     order_ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
     text = "".join(f"{ACCOUNT},{oid}\n" for oid in order_ids)
     run = await run_cli("kill", "--ids", "-", env=cli_env(exchange), stdin=text)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    assert exchange.open_stop_orders() == set()
+
+
+async def test_kill_ids_from_a_terminal_prompts_first(exchange: FakeExchange) -> None:
+    """`--ids -` on a terminal says on stderr that it is waiting for ids, and how to end them."""
+    [order_id] = exchange.add_stop_orders(1, account_id=ACCOUNT)
+    terminal, command_side = pty.openpty()
+    try:
+        with signals_not_ignored():
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "asyncstop",
+                "kill",
+                "--ids",
+                "-",
+                env=cli_env(exchange),
+                stdin=command_side,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        assert proc.stderr is not None
+        async with asyncio.timeout(RUN_TIMEOUT):
+            prompt = (await proc.stderr.readline()).decode()
+        assert "reading order ids from the terminal" in prompt
+        assert "Ctrl-D" in prompt
+        assert exchange.journal == []  # it waits for the person
+        os.write(terminal, f"{order_id}\n\x04".encode())  # a line, then Ctrl-D
+        run = await finish(proc)
+    finally:
+        os.close(terminal)
+        os.close(command_side)
     assert run.returncode == 0, run.stderr
     assert exchange.open_stop_orders() == set()
 
@@ -245,9 +285,10 @@ async def test_exit_1_writes_pending_out_and_rerun_on_it_exits_0(
         ({"ASYNCSTOP_TOKEN": None}, ["ASYNCSTOP_TOKEN", "--token-file"]),
         ({"ASYNCSTOP_BASE_URL": None}, ["ASYNCSTOP_BASE_URL", "--base-url"]),
         ({"ASYNCSTOP_BASE_URL": "ftp://exchange.example"}, ["https://"]),
+        ({"ASYNCSTOP_BASE_URL": " http://127.0.0.1:1"}, ["ASYNCSTOP_BASE_URL", "whitespace"]),
         ({"ASYNCSTOP_TOKEN": "Bearer abc"}, ["ASYNCSTOP_TOKEN", "bare JWT"]),
     ],
-    ids=["no-token", "no-base-url", "bad-base-url", "bearer-prefix"],
+    ids=["no-token", "no-base-url", "bad-base-url", "spaced-env-base-url", "bearer-prefix"],
 )
 async def test_configuration_error_is_one_line_and_exit_2(
     exchange: FakeExchange, tmp_path: Path, extra: dict[str, str | None], expected: list[str]
@@ -347,15 +388,19 @@ async def test_token_file_is_read_and_stripped(exchange: FakeExchange, tmp_path:
     assert exchange.open_stop_orders() == set()
 
 
-# -- Ctrl-C ------------------------------------------------------------------------------------
+# -- signals -----------------------------------------------------------------------------------
 
 
-async def test_sigint_exits_130_after_printing_what_it_knows(
-    exchange: FakeExchange, tmp_path: Path
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda sig: sig.name
+)
+async def test_signal_settles_prints_and_exits_128_plus_n(
+    exchange: FakeExchange, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    """SIGINT mid-run: every result is printed, --pending-out lists the unconfirmed, exit 130."""
+    """SIGINT, SIGTERM or SIGHUP mid-run: in flight end unknown, unsent not_sent; the summary
+    and --pending-out are written, and the exit status is 128 + the signal's number."""
     order_ids = exchange.add_stop_orders(10, account_id=ACCOUNT)
-    hung = order_ids[:3]
+    done, hung, unsent = order_ids[:3], order_ids[3:5], order_ids[5:]
     for order_id in hung:
         exchange.inject_for(order_id, Fault.hang())
     ids = write_ids(tmp_path / "ids.txt", [(ACCOUNT, oid) for oid in order_ids])
@@ -365,38 +410,189 @@ async def test_sigint_exits_130_after_printing_what_it_knows(
         "--ids",
         str(ids),
         "--json",
+        "--concurrency",
+        "2",
         "--deadline",
+        "60",
+        "--timeout",
         "60",
         "--pending-out",
         str(pending),
         env=cli_env(exchange),
     )
     try:
-        # Seven results are printed (flushed line by line) and three requests hang.
+        # Two workers: three orders are cancelled, then both workers hang on the next two.
         assert proc.stdout is not None
         early: list[str] = []
         async with asyncio.timeout(RUN_TIMEOUT):
-            while len(early) < 7:
+            while len(early) < len(done):
                 early.append((await proc.stdout.readline()).decode())
-        await wait_until(lambda: exchange.in_flight == 3)
+        await wait_until(lambda: exchange.in_flight == len(hung), timeout=RUN_TIMEOUT)
     except BaseException:
         proc.kill()
         await proc.wait()
         raise
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     run = await finish(proc)
 
-    assert run.returncode == 130, run.stderr
+    assert run.returncode == 128 + sig, run.stderr
     records = {r["order_id"]: r for r in map(json.loads, early + run.stdout.splitlines())}
-    assert set(records) == set(order_ids)
-    for order_id in order_ids:
-        expected = "unknown" if order_id in hung else "cancelled"
-        assert records[order_id]["outcome"] == expected
-    assert "interrupted" in run.stderr
+    assert {oid: r["outcome"] for oid, r in records.items()} == {
+        **dict.fromkeys(done, "cancelled"),
+        **dict.fromkeys(hung, "unknown"),
+        **dict.fromkeys(unsent, "not_sent"),
+    }
+    assert "10 orders in" in run.stderr  # the summary (on stderr, beside --json)
+    assert "interrupted: 7 order(s) may still be live" in run.stderr
     assert "Traceback" not in run.stderr
     assert sorted(pending.read_text(encoding="utf-8").splitlines()) == sorted(
-        f"{ACCOUNT},{oid}" for oid in hung
+        f"{ACCOUNT},{oid}" for oid in hung + unsent
     )
+    assert exchange.open_stop_orders() == set(hung + unsent)
+
+
+# -- output that cannot be written ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [(["kill"], 0), (["kill", "--json"], 1), (["cancel"], 1)],
+    ids=["kill-summary", "kill-json", "cancel-lines"],
+)
+async def test_closed_stdout_is_quiet_and_the_status_still_counts(
+    exchange: FakeExchange, tmp_path: Path, args: list[str], refused: int
+) -> None:
+    """A reader that is gone (`| head -0`): no traceback, and the exit status still says
+    whether every order was cancelled."""
+    order_ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    for order_id in order_ids[:refused]:
+        exchange.inject_for(order_id, Fault.error(400))
+    if args[0] == "kill":
+        ids = write_ids(tmp_path / "ids.txt", [(ACCOUNT, oid) for oid in order_ids])
+        args = [*args, "--ids", str(ids)]
+    else:
+        args = [*args, *order_ids]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the command writes a byte
+    try:
+        proc = await start_cli(*args, env=cli_env(exchange), stdout=write_end)
+    finally:
+        os.close(write_end)
+    run = await finish(proc)
+    assert run.returncode == (1 if refused else 0), run.stderr
+    for text in ("Traceback", "BrokenPipe", "Exception ignored", "asyncstop: error"):
+        assert text not in run.stderr
+    assert exchange.open_stop_orders() == set(order_ids[:refused])
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+async def test_json_to_a_full_disk_exits_4_with_one_line(exchange: FakeExchange) -> None:
+    """--json to a full disk: every order is still cancelled, one error line, exit 4."""
+    order_ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        proc = await start_cli("cancel", "--json", *order_ids, env=cli_env(exchange), stdout=full)
+    finally:
+        os.close(full)
+    run = await finish(proc)
+    assert run.returncode == 4, run.stderr
+    errors = [line for line in run.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert errors[0].startswith("asyncstop: error: cannot write to standard output: No space")
+    assert "Traceback" not in run.stderr
+    assert exchange.open_stop_orders() == set()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+async def test_pending_out_that_cannot_be_written_is_one_line(
+    exchange: FakeExchange, tmp_path: Path
+) -> None:
+    """--pending-out on a full device: one line naming it, a non-zero exit, the device intact."""
+    order_ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
+    exchange.inject_for(order_ids[0], Fault.error(400))
+    ids = write_ids(tmp_path / "ids.txt", [(ACCOUNT, oid) for oid in order_ids])
+    run = await run_cli(
+        "kill", "--ids", str(ids), "--pending-out", "/dev/full", env=cli_env(exchange)
+    )
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        "asyncstop: error: cannot write /dev/full: No space left on device"
+    ]
+    # Written in place, never replaced by a regular file (this suite may run as root).
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+# -- summary -----------------------------------------------------------------------------------
+
+
+async def test_rate_counts_only_orders_sent(exchange: FakeExchange, tmp_path: Path) -> None:
+    """Orders never sent (the deadline passed) take no part in the rate the summary prints."""
+    order_ids = exchange.add_stop_orders(10, account_id=ACCOUNT)
+    for order_id in order_ids[:2]:
+        exchange.inject_for(order_id, Fault.hang())
+    ids = write_ids(tmp_path / "ids.txt", [(ACCOUNT, oid) for oid in order_ids])
+    run = await run_cli(
+        "kill",
+        "--ids",
+        str(ids),
+        "--concurrency",
+        "2",
+        "--deadline",
+        "1",
+        "--timeout",
+        "60",
+        env=cli_env(exchange),
+    )
+    assert run.returncode == 1, run.stderr
+    heading = run.stdout.splitlines()[0]
+    found = re.fullmatch(
+        r"kill: 10 orders in ([\d.]+) s; 2 sent \(([\d,]+) orders/s\), 8 never sent", heading
+    )
+    assert found, heading
+    elapsed, rate = float(found[1]), int(found[2].replace(",", ""))
+    assert abs(rate - 2 / elapsed) <= 1  # ten orders over that time would be five times more
+
+
+async def test_summary_counts_the_429s_met(exchange: FakeExchange, tmp_path: Path) -> None:
+    """The summary says how many HTTP 429s the run met: retried ones and a final one."""
+    retried = exchange.add_stop_orders(10, account_id="acc-1")
+    for order_id in retried[:2]:
+        exchange.inject_for(order_id, Fault.rate_limited("0.2"))
+    # Its own account, so that the long pause it asks for holds back no other order.
+    [final] = exchange.add_stop_orders(1, account_id="acc-2")
+    exchange.inject_for(final, Fault.rate_limited("30"))
+    items = [("acc-1", oid) for oid in retried] + [("acc-2", final)]
+    ids = write_ids(tmp_path / "ids.txt", items)
+    # One request at a time: none is on its way when a 429 starts a pause, so no other
+    # order meets one, however slow this machine.
+    run = await run_cli(
+        "kill", "--ids", str(ids), "--deadline", "3", "--concurrency", "1", env=cli_env(exchange)
+    )
+    assert run.returncode == 1, run.stderr
+    assert "The exchange answered HTTP 429 (slow down) 3 time(s)" in run.stdout
+    assert exchange.open_stop_orders() == {final}
+
+
+async def test_verbose_logs_count_repeats_instead_of_a_line_per_order(
+    exchange: FakeExchange, tmp_path: Path
+) -> None:
+    """-v on 200 orders that each need a retry: a few log lines and a count, not 200 lines."""
+
+    def orders_needing_a_retry() -> str:
+        order_ids = exchange.add_stop_orders(200, account_id=ACCOUNT)
+        for order_id in order_ids:
+            exchange.inject_for(order_id, Fault.error(503))
+        return str(write_ids(tmp_path / "ids.txt", [(ACCOUNT, oid) for oid in order_ids]))
+
+    verbose = await run_cli("kill", "--ids", orders_needing_a_retry(), "-v", env=cli_env(exchange))
+    assert verbose.returncode == 0, verbose.stderr
+    assert len(verbose.stderr.splitlines()) < 20
+    left_out = re.findall(r"-v left out (\d+) more log record", verbose.stderr)
+    assert sum(map(int, left_out)) >= 190
+
+    debug = await run_cli("kill", "--ids", orders_needing_a_retry(), "-vv", env=cli_env(exchange))
+    assert debug.returncode == 0, debug.stderr
+    assert len(debug.stderr.splitlines()) >= 200  # -vv shows every record
 
 
 # -- fake-exchange and demo --------------------------------------------------------------------
@@ -444,12 +640,55 @@ async def test_fake_exchange_serves_until_sigterm(tmp_path: Path) -> None:
     assert stopped.returncode == 0, stopped.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["fake-exchange", "--port", "99999"], ["fake-exchange", "--orders", "many"]],
+    ids=["port", "orders"],
+)
+async def test_fake_exchange_argument_error_is_one_line_and_exit_2(args: list[str]) -> None:
+    """A bad fake-exchange flag reads like every other usage error: one line, exit 2."""
+    run = await run_cli(*args, env=cli_env())
+    assert run.returncode == 2
+    [line] = run.stderr.splitlines()
+    assert line.startswith(f"asyncstop: error: argument {args[1]}: ")
+
+
+async def test_fake_exchange_help_shows_defaults() -> None:
+    """`fake-exchange --help` states each flag's default."""
+    run = await run_cli("fake-exchange", "--help", env=cli_env())
+    assert run.returncode == 0
+    text = " ".join(run.stdout.split())
+    for default in ("(default: 8080)", "(default: 1000)", "(default: 0)"):
+        assert default in text
+
+
 async def test_demo_cancels_everything() -> None:
     """`demo` needs no settings, exits 0, and the exchange's own view shows 0 live orders."""
     run = await run_cli("demo", env=cli_env())
     assert run.returncode == 0, run.stdout + run.stderr
     assert "The exchange's own view: 0 live stop orders." in run.stdout
     assert "2,000 live stop orders over 2 account(s)" in run.stdout
+
+
+async def test_demo_orders_count_per_account_like_fake_exchange() -> None:
+    """`demo --orders N --accounts A` seeds N orders on each account, as fake-exchange does."""
+    run = await run_cli("demo", "--orders", "7", "--accounts", "3", env=cli_env())
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "21 live stop orders over 3 account(s)" in run.stdout
+    assert "pending-out" not in run.stdout + run.stderr  # the demo has no such flag
+
+
+async def test_help_groups_the_exchange_settings_and_explains_order_id() -> None:
+    """`cancel --help`: ORDER_ID has a help line, the token flags sit with the other exchange
+    settings, and the exit statuses are listed."""
+    run = await run_cli("cancel", "--help", env=cli_env())
+    assert run.returncode == 0
+    sections = {block.split(":", 1)[0]: block for block in run.stdout.split("\n\n") if ":" in block}
+    assert "ACCOUNT_ID,ORDER_ID" in sections["positional arguments"]
+    for flag in ("--base-url", "--account-id", "--token-file", "--token ", "--no-preflight"):
+        assert flag in sections["exchange"], flag
+    assert "--token" not in sections["options"]
+    assert "3 most orders not found" in " ".join(run.stdout.split())
 
 
 # -- display without rich ----------------------------------------------------------------------
@@ -482,3 +721,85 @@ async def test_progress_flag_draws_the_rich_bar(exchange: FakeExchange, tmp_path
     assert "5/5" in run.stderr
     assert "pip install" not in run.stderr
     assert len([json.loads(line) for line in run.stdout.splitlines()]) == 5
+
+
+# -- preflight, the not-found warning, hedging, registries ---------------------------------------
+
+
+async def test_a_refused_token_fails_the_preflight_and_sends_nothing(
+    exchange: FakeExchange, tmp_path: Path
+) -> None:
+    """A token the exchange refuses: one line, exit 2, no DELETE, every order in --pending-out."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    left = tmp_path / "left.txt"
+    env = cli_env(exchange, {"ASYNCSTOP_TOKEN": "NOT-THE-TOKEN"})
+    run = await run_cli("cancel", *ids, "--pending-out", str(left), env=env)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1
+    assert "preflight failed" in run.stderr
+    assert "401" in run.stderr
+    assert deletes(exchange) == []
+    assert len(left.read_text().splitlines()) == 5
+
+
+async def test_an_account_the_token_may_not_use_fails_the_preflight(
+    tmp_path: Path,
+) -> None:
+    """kill with an account not listed for the token: exit 2 naming it, nothing sent."""
+    async with FakeExchange(tokens={TOKEN: ["acc-1"]}, seed=3) as exchange:
+        ids = exchange.add_stop_orders(3, account_id="acc-1")
+        items = [("acc-1", ids[0]), ("acc-9", ids[1])]
+        run = await run_cli(
+            "kill", "--ids", str(write_ids(tmp_path / "ids.txt", items)), env=cli_env(exchange)
+        )
+        assert run.returncode == 2
+        assert "'acc-9'" in run.stderr
+        assert deletes(exchange) == []
+
+
+async def test_no_preflight_skips_a_blocked_accounts_endpoint(exchange: FakeExchange) -> None:
+    """--no-preflight: a gateway answering 403 to GET /accounts does not stop the cancels."""
+    ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
+    exchange.inject_accounts(Fault.error(403))
+    blocked = await run_cli("cancel", *ids, env=cli_env(exchange))
+    assert blocked.returncode == 2
+    run = await run_cli("cancel", "--no-preflight", *ids, env=cli_env(exchange))
+    assert run.returncode == 0, run.stderr
+    assert exchange.open_stop_orders() == set()
+
+
+async def test_a_wrong_account_id_exits_3_with_the_likely_causes(exchange: FakeExchange) -> None:
+    """Every order not found and none cancelled: one warning naming the causes, exit 3."""
+    ids = exchange.add_stop_orders(4, account_id=ACCOUNT)
+    env = cli_env(exchange, {"ASYNCSTOP_ACCOUNT_ID": "acc-2"})
+    run = await run_cli("cancel", "--no-preflight", *ids, env=env)
+    assert run.returncode == 3
+    assert "account id" in run.stderr
+    assert "base URL" in run.stderr
+    assert exchange.open_stop_orders() == set(ids)
+
+
+@pytest.mark.parametrize("value", ["sometimes", "0", "-1", "inf"])
+async def test_a_bad_hedge_value_is_a_usage_error(exchange: FakeExchange, value: str) -> None:
+    """--hedge takes auto, off or seconds > 0; anything else is refused before sending."""
+    run = await run_cli("cancel", "--hedge", value, "X1", env=cli_env(exchange))
+    assert run.returncode == 2
+    assert deletes(exchange) == []
+
+
+async def test_kill_registry_cancels_what_a_dead_bot_left_and_updates_it(
+    exchange: FakeExchange, tmp_path: Path
+) -> None:
+    """kill --registry cancels every registered order and leaves the registry empty."""
+    ids = exchange.add_stop_orders(30, account_id=ACCOUNT)
+    path = tmp_path / "stops.db"
+    with asyncstop.StopOrderRegistry.open(path) as registry:
+        for order_id in ids[:20]:
+            registry.add(order_id)
+        for order_id in ids[20:]:
+            registry.add(order_id, account_id=ACCOUNT)
+    run = await run_cli("kill", "--registry", str(path), "--hedge", "auto", env=cli_env(exchange))
+    assert run.returncode == 0, run.stderr
+    assert exchange.open_stop_orders() == set()
+    with asyncstop.StopOrderRegistry.open(path) as reopened:
+        assert len(reopened) == 0
