@@ -53,6 +53,10 @@ def setup_logging_from_env() -> None:
 
 # On the logger itself, so that the application's own handlers get redacted records too.
 logger.addFilter(RedactingFilter())
+# A library's records go where the application sends them, and nowhere when it
+# has configured no logging: without a handler here, Python's last-resort
+# handler would print every WARNING (a kill switch firing) to stderr.
+logger.addHandler(logging.NullHandler())
 
 
 class _EnvHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -415,3 +416,32 @@ async def test_a_few_orders_not_found_among_cancelled_ones_leave_the_registry(
     assert report.counts[CancelOutcome.NOT_FOUND] == 1
     assert report.warning is None
     assert len(registry) == 0
+
+
+def test_a_switch_firing_prints_nothing_when_the_application_has_no_logging() -> None:
+    """Without logging configured, firing the switch writes nothing to stderr."""
+    script = (
+        "import asyncio, asyncstop\n"
+        "from asyncstop.testing import FakeExchange\n"
+        "async def main():\n"
+        "    async with FakeExchange(tokens={'T'}) as ex:\n"
+        "        ids = ex.add_stop_orders(3, account_id='a')\n"
+        "        async with asyncstop.AsyncStopClient(\n"
+        "            base_url=ex.base_url, token='T', account_id='a'\n"
+        "        ) as client:\n"
+        "            registry = asyncstop.StopOrderRegistry(ids)\n"
+        "            report = await asyncstop.KillSwitch(client, registry).trigger()\n"
+        "            assert report.ok\n"
+        "asyncio.run(main())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ASYNCSTOP_LOG"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
