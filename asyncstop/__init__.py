@@ -5,6 +5,20 @@
     async with asyncstop.AsyncStopClient(base_url=..., token=..., account_id=...) as client:
         report = await client.cancel_stop_orders(order_ids, deadline=5.0)
         report.pending  # the orders that may still be live
+
+The layers, each importing only those below it (``tests/test_layers.py``)::
+
+    _cli, testing                  the command line; the fake exchange
+    _watchdog, _killswitch,        the dead man's switch process; the kill switch;
+    _registry                      the registry of live stops (memory or SQLite)
+    _client                        AsyncStopClient: settings, lifetime, wiring
+    _bulk, _hedge                  lanes, jobs, settling into a report; backup requests
+    _attempt                       one order across its attempts, one Deadline rule
+    _transport, _account, _auth,   one request -> StopOrder or APIError; 429 pause,
+    _retry                         slow start, pacing; the token; when to retry
+    _report, _models, _errors,     outcomes and reports; wire types; the error tree;
+    _validation, _logging,         every input rule; the logger; named defaults
+    _constants
 """
 
 from __future__ import annotations
@@ -43,7 +57,7 @@ from ._report import CancelOutcome, CancelReport, CancelResult, OrderItem
 from ._transport import DaemonThreadResolver, Timeout
 from ._watchdog import Watchdog
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
