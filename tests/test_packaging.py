@@ -160,10 +160,6 @@ def test_the_metadata_has_the_license_urls_and_this_python(dists: Distributions)
     assert meta["Description-Content-Type"] == "text/markdown"
 
 
-@pytest.mark.xfail(
-    reason="README.md still has relative links; remove this mark once they are absolute",
-    strict=True,
-)
 def test_the_long_description_has_only_absolute_links(dists: Distributions) -> None:
     """Every link and image in the package index's copy of the README is an absolute https URL."""
     description = dists.metadata().get_payload()

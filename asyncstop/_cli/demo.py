@@ -1,9 +1,12 @@
-"""``asyncstop demo``: a kill switch against an in-process fake exchange, judged by the exchange.
+"""``asyncstop demo``: a kill switch, then a killed bot's watchdog, judged by a fake exchange.
 
-It seeds stop orders over a few accounts on a :class:`asyncstop.testing.FakeExchange`
-with the latency and faults of a busy but healthy venue, fires a
-:class:`asyncstop.KillSwitch` (up to three times, as an operator would), and
-compares the client's report with the exchange's own list of live orders.
+Part 1 seeds stop orders over a few accounts on a
+:class:`asyncstop.testing.FakeExchange` with the latency and faults of a busy
+but healthy venue, fires a :class:`asyncstop.KillSwitch` (up to three times,
+as an operator would), and compares the client's report with the exchange's
+own list of live orders. Part 2 (:mod:`.demo_watchdog`) kills a bot process
+holding live stops with SIGKILL and shows its :class:`asyncstop.Watchdog`
+cancelling every one of them.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from typing import IO, Final
+from typing import IO, TYPE_CHECKING, Final
 
 from asyncstop import (
     AsyncStopClient,
@@ -27,9 +30,13 @@ from .._argtypes import count
 from .bulk import ResultTracker
 from .common import EXIT_OK, EXIT_PENDING, PROG, Subcommands, UsageError
 from .context import Context
+from .demo_watchdog import BOT_ORDERS, run_watchdog_part
 from .display import add_output_arguments, describe_pending, make_progress, print_summary
 from .output import Output
 from .running import loop_factory, run_coroutine
+
+if TYPE_CHECKING:
+    from asyncstop.testing import FakeExchange
 
 __all__ = ["add_parser", "run"]
 
@@ -57,24 +64,45 @@ def add_parser(commands: Subcommands) -> None:
     """Add ``demo`` to the subcommands ``commands``."""
     parser = commands.add_parser(
         "demo",
-        help="watch the kill switch cancel 2,000 stop orders on an in-process fake exchange",
+        help="watch the kill switch cancel 2,000 stop orders, then a watchdog cancel "
+        "the stops of a bot killed with SIGKILL, on an in-process fake exchange",
         description=(
-            "Start a fake exchange with realistic latency and faults, seed stop orders, fire "
-            "the kill switch, and compare the report with the exchange's own view."
+            "Start a fake exchange with realistic latency and faults. Part 1: seed stop orders, "
+            "fire the kill switch, and compare the report with the exchange's own view. "
+            "Part 2: start a bot process that records its stops in a durable registry and arms "
+            "a watchdog (a separate process), kill the bot with SIGKILL, and show the watchdog "
+            "cancelling every stop: the time from the kill to the last cancel, and the "
+            "exchange's count of live stops before and after."
         ),
-        epilog="exit status: 0 no stop order is left live on the exchange; 1 some are",
+        epilog="exit status: 0 both parts leave no stop order live on the exchange; 1 some are",
     )
     parser.add_argument(
         "--orders",
         type=count(1),
         default=_ORDERS_PER_ACCOUNT,
-        help="stop orders per account, as in fake-exchange (default: %(default)s)",
+        help="part 1: stop orders per account, as in fake-exchange (default: %(default)s)",
     )
-    parser.add_argument("--accounts", type=count(1), default=_ACCOUNTS, help="default: %(default)s")
     parser.add_argument(
-        "--concurrency", type=count(1), default=_CONCURRENCY, help="default: %(default)s"
+        "--bot-orders",
+        type=count(1),
+        default=BOT_ORDERS,
+        help="part 2: stop orders the bot holds when it is killed (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument(
+        "--accounts", type=count(1), default=_ACCOUNTS, help="part 1 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=count(1),
+        default=_CONCURRENCY,
+        help="requests in flight, for the kill switch and the watchdog (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the exchange's order ids, faults and latency (default: %(default)s)",
+    )
     add_output_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -98,8 +126,6 @@ async def _demo(args: argparse.Namespace, out: Output) -> int:
     except ImportError as err:
         raise UsageError(f"the demo needs asyncstop.testing: {err}") from None
 
-    accounts = [f"demo-{n}" for n in range(1, args.accounts + 1)]
-    concurrency: int = args.concurrency
     faults = Faults(
         error_before=0.02,
         error_after=0.02,
@@ -107,21 +133,14 @@ async def _demo(args: argparse.Namespace, out: Output) -> int:
         error_status=503,
         latency=LongTailLatency(median=_MEDIAN_LATENCY, p99=_P99_LATENCY, max=_MAX_LATENCY),
     )
-    reports: list[CancelReport] = []
     async with FakeExchange(
         tokens={_TOKEN}, seed=args.seed, faults=faults, rate_limit=_EXCHANGE_RATE_LIMIT
     ) as exchange:
-        registry = StopOrderRegistry()
-        for account_id in accounts:
-            for order_id in exchange.add_stop_orders(
-                args.orders, account_id=account_id, activated_fraction=_ACTIVATED_FRACTION
-            ):
-                registry.add(order_id, account_id=account_id)
-        total = len(registry)
-        triggered = {
-            oid for oid, order in exchange.orders.items() if order.status == OrderStatus.ACTIVATED
-        }
-        _say(out, f"{PROG} demo: a kill switch against a fake exchange in this process")
+        _say(
+            out,
+            f"{PROG} demo: a fake exchange in this process; part 1 fires a kill switch, "
+            "part 2 kills a bot and lets its watchdog cancel the bot's stops",
+        )
         _say(
             out,
             f"  exchange  {exchange.base_url}: latency median {_MEDIAN_LATENCY * _MS:.0f} ms, "
@@ -130,57 +149,96 @@ async def _demo(args: argparse.Namespace, out: Output) -> int:
             f"{faults.error_after:.0%} after, {faults.drop_after:.0%} connections dropped "
             f"after cancelling; at most {_EXCHANGE_RATE_LIMIT:,.0f} requests/s per account",
         )
+        kill_switch_ok = await _kill_switch_part(exchange, args, out)
+        watchdog_ok = await run_watchdog_part(
+            exchange,
+            out,
+            token=_TOKEN,
+            orders=args.bot_orders,
+            concurrency=args.concurrency,
+            verbose=args.verbose,
+        )
+    _say(out)
+    if kill_switch_ok and watchdog_ok:
+        _say(out, "Both parts leave 0 live stop orders on the exchange.")
+        return EXIT_OK
+    failed = [name for name, ok in (("1", kill_switch_ok), ("2", watchdog_ok)) if not ok]
+    _say(
+        out,
+        f"Part {' and '.join(failed)} left stop orders live on the exchange; "
+        "the lines above say why.",
+    )
+    return EXIT_PENDING
+
+
+async def _kill_switch_part(exchange: FakeExchange, args: argparse.Namespace, out: Output) -> bool:
+    """Part 1: a kill switch over the accounts; True when none of their stops is left live."""
+    accounts = [f"demo-{n}" for n in range(1, args.accounts + 1)]
+    concurrency: int = args.concurrency
+    reports: list[CancelReport] = []
+    registry = StopOrderRegistry()
+    for account_id in accounts:
+        for order_id in exchange.add_stop_orders(
+            args.orders, account_id=account_id, activated_fraction=_ACTIVATED_FRACTION
+        ):
+            registry.add(order_id, account_id=account_id)
+    total = len(registry)
+    triggered = {
+        oid for oid, order in exchange.orders.items() if order.status == OrderStatus.ACTIVATED
+    }
+    _say(
+        out,
+        f"Part 1: the kill switch cancels {total:,} stops over {len(accounts)} account(s)",
+    )
+    _say(
+        out,
+        f"  orders    {total:,} live stop orders over {len(accounts)} account(s), "
+        f"{len(triggered)} of them already triggered (status Activated: cancelling such a "
+        "stop does not cancel the order it placed)",
+    )
+    async with AsyncStopClient(
+        base_url=exchange.base_url, token=_TOKEN, max_concurrency=concurrency
+    ) as client:
+        warm = await client.warm_up()
         _say(
             out,
-            f"  orders    {total:,} live stop orders over {len(accounts)} account(s), "
-            f"{len(triggered)} of them already triggered (status Activated: cancelling such a "
-            "stop does not cancel the order it placed)",
+            f"  client    concurrency {concurrency}, {warm} connections warmed up; "
+            "firing the kill switch",
         )
-        async with AsyncStopClient(
-            base_url=exchange.base_url, token=_TOKEN, max_concurrency=concurrency
-        ) as client:
-            warm = await client.warm_up()
-            _say(
-                out,
-                f"  client    concurrency {concurrency}, {warm} connections warmed up; "
-                "firing the kill switch",
+        started = time.monotonic()
+        for round_number in range(1, _MAX_TRIGGERS + 1):
+            items = [item for item in registry.snapshot() if isinstance(item, tuple)]
+            title = "kill switch" if round_number == 1 else f"kill switch, round {round_number}"
+            tracker = ResultTracker(
+                items,
+                progress=make_progress(
+                    title,
+                    len(items),
+                    wanted=args.progress,
+                    json_on_tty=False,
+                    verbose=args.verbose > 0,
+                ),
             )
-            started = time.monotonic()
-            for round_number in range(1, _MAX_TRIGGERS + 1):
-                items = [item for item in registry.snapshot() if isinstance(item, tuple)]
-                title = "kill switch" if round_number == 1 else f"kill switch, round {round_number}"
-                tracker = ResultTracker(
-                    items,
-                    progress=make_progress(
-                        title,
-                        len(items),
-                        wanted=args.progress,
-                        json_on_tty=False,
-                        verbose=args.verbose > 0,
-                    ),
+            # The registry keeps only what may still be live, so a second
+            # trigger retries exactly those, as an operator would.
+            switch = KillSwitch(client, registry, deadline=_DEADLINE, on_result=tracker.on_result)
+            try:
+                report = await switch.trigger()
+            finally:
+                tracker.stop_progress()
+            reports.append(report)
+            _say(out)
+            _say_summary(out, report, title)
+            if not registry:
+                break
+            if round_number < _MAX_TRIGGERS:
+                _say(
+                    out,
+                    f"{len(registry)} order(s) may still be live: triggering again, "
+                    "as an operator would.",
                 )
-                # The registry keeps only what may still be live, so a second
-                # trigger retries exactly those, as an operator would.
-                switch = KillSwitch(
-                    client, registry, deadline=_DEADLINE, on_result=tracker.on_result
-                )
-                try:
-                    report = await switch.trigger()
-                finally:
-                    tracker.stop_progress()
-                reports.append(report)
-                _say(out)
-                _say_summary(out, report, title)
-                if not registry:
-                    break
-                if round_number < _MAX_TRIGGERS:
-                    _say(
-                        out,
-                        f"{len(registry)} order(s) may still be live: triggering again, "
-                        "as an operator would.",
-                    )
-            took = time.monotonic() - started
-        live = exchange.open_stop_orders()
+        took = time.monotonic() - started
+    live = set().union(*(exchange.open_stop_orders(account_id) for account_id in accounts))
 
     last: dict[str, CancelResult] = {}
     for report in reports:
@@ -208,9 +266,9 @@ async def _demo(args: argparse.Namespace, out: Output) -> int:
             out,
             f"{len(live)} stop order(s) are still live on the exchange; the lines above say why.",
         )
-        return EXIT_PENDING
+        return False
     _say(out, "Every stop order is gone from the exchange, and the report says so.")
-    return EXIT_OK
+    return True
 
 
 def _say_summary(out: Output, report: CancelReport, title: str) -> None:
