@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ TITLES: Final = {
     3: "Kill switch against a 200/s rate limit",
     4: "Event-loop responsiveness",
     5: "Memory per order",
+    6: "Watchdog: bot death, bot loop lag, registry latency",
 }
 
 
@@ -131,37 +134,285 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
 
 
 # -- the plot --------------------------------------------------------------------------------
+#
+# A fill colour says whose number a bar is, in every panel alike; whether a
+# figure meets its target is said in words (PASS / MISS) at the right of its
+# row, next to its median, and its target is drawn on that row only.
+
+#: Fill colours by who was measured (see _who).
+FILLS: Final = {"asyncstop": "tab:orange", "other": "tab:blue", "floor": "tab:gray"}
+VERDICT_COLOURS: Final = {True: "tab:green", False: "tab:red"}
+#: Point sizes: row labels, the value and verdict columns, panel titles.
+LABEL_SIZE: Final = 7.0
+VALUE_SIZE: Final = 7.0
+TITLE_SIZE: Final = 9.5
+#: Characters per line before a row label or a panel title wraps.
+LABEL_WRAP: Final = 34
+TITLE_WRAP: Final = 62
+
+_THRESHOLD = re.compile(r"[<>]=?\s*(-?\d[\d,]*(?:\.\d+)?)|^\s*(-?\d+(?:\.\d+)?)\s+in every run")
 
 
-def _select(results: Sequence[ScenarioResult], number: int, metric: str) -> list[Figure]:
-    return [f for r in results if r.number == number for f in r.figures if f.metric == metric]
+def _who(figure: Figure) -> str:
+    """Whose number it is: "asyncstop", "other" (a baseline client) or "floor" (no client)."""
+    if "idle loop" in figure.case:
+        return "floor"
+    if figure.case.startswith("naive") or any(f"({b}) " in figure.case for b in "abcd"):
+        return "other"
+    return "asyncstop"
 
 
-def _colour(figure: Figure) -> str:
-    if figure.passed is not None:
-        return "tab:green" if figure.passed else "tab:red"
-    return (
-        "tab:orange"
-        if figure.case.startswith("asyncstop") or figure.case.endswith("asyncstop")
-        else "tab:blue"
-    )
+def _threshold(target: str) -> float | None:
+    """The number a target compares with: ``"<= 2048 B"`` -> 2048, ``"0 in every run"`` -> 0."""
+    match = _THRESHOLD.search(target)
+    if match is None:
+        return None
+    return float((match[1] or match[2]).replace(",", ""))
 
 
-def _bars(
-    ax: Axes,
-    figures: list[Figure],
-    title: str,
-    unit: str,
-    *,
-    log: bool = False,
-    label: Callable[[Figure], str] = lambda f: f.case,
-    line: float | None = None,
-) -> None:
-    ax.set_title(title, fontsize=9)
-    if not figures:
-        ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
+def _plot_verdict(figure: Figure) -> str:
+    return _verdict(figure).replace("<=", "≤").replace(">=", "≥")
+
+
+def _case(figure: Figure) -> str:
+    return figure.case
+
+
+def _case_and_metric(figure: Figure) -> str:
+    return f"{figure.case}: {figure.metric}"
+
+
+def _metric(figure: Figure) -> str:
+    return figure.metric.replace("->", "→")
+
+
+def _no_detail(figure: Figure) -> str:
+    return ""
+
+
+@dataclass(slots=True)
+class _Panel:
+    """One panel: a bar per figure (all in one unit), and other figures as lines of text."""
+
+    scenario: int
+    title: str
+    xlabel: str
+    figures: list[Figure] = field(default_factory=list)
+    label: Callable[[Figure], str] = _case
+    #: Text after a row's median in the value column.
+    detail: Callable[[Figure], str] = _no_detail
+    log: bool = False
+    #: Where the dotted reference line goes (the bound, N/R, the baseline), and what it is.
+    reference: float | None = None
+    wrap: int = LABEL_WRAP
+    #: Figures in another unit, written under the panel.
+    notes: list[Figure] = field(default_factory=list)
+    #: "not run", or why the scenario has no numbers.
+    status: str | None = None
+
+
+def _pick(
+    result: ScenarioResult | None, metrics: Sequence[str], *, by_metric: bool = False
+) -> list[Figure]:
+    """The figures of these metrics, in the scenario's order or grouped by metric.
+
+    A figure with neither numbers nor a target has nothing to show ("hedges that
+    won" when no hedge was sent).
+    """
+    if result is None:
+        return []
+    shown = [f for f in result.figures if f.finite or f.target is not None]
+    if by_metric:
+        return [f for metric in metrics for f in shown if f.metric == metric]
+    return [f for f in shown if f.metric in metrics]
+
+
+def _status(result: ScenarioResult | None) -> str | None:
+    if result is None:
+        return "not run"
+    if result.error is not None:
+        return "failed: " + result.error.strip().splitlines()[-1]
+    if not result.has_numbers:
+        return "no numbers"
+    return None
+
+
+def _panels(results: Sequence[ScenarioResult]) -> dict[str, _Panel]:
+    """What each panel of the picture shows, keyed by its place in the grid."""
+    by_number = {r.number: r for r in results}
+    s1, s2, s3, s4, s5, s6 = (by_number.get(n) for n in range(1, 7))
+
+    cpu = {f.case: f for f in _pick(s1, ["client CPU per cancel"])}
+
+    def cpu_detail(figure: Figure) -> str:
+        used = cpu.get(figure.case)
+        return "" if used is None else f" {_number(used.median)} µs CPU"
+
+    def ratio_label(figure: Figure) -> str:
+        return f"{figure.case} ÷ {figure.metric.rpartition(' / ')[2]}"
+
+    counts = {(f.case, f.metric): f.median for f in _pick(s3, ["429s received"])}
+    counts |= {(f.case, f.metric): f.median for f in _pick(s3, ["requests inside a pause"])}
+
+    def rate_limit_detail(figure: Figure) -> str:
+        rejected = counts.get((figure.case, "429s received"), math.nan)
+        inside = counts.get((figure.case, "requests inside a pause"), math.nan)
+        return f" {_number(rejected)} 429s, {_number(inside)} in a pause"
+
+    memory = _pick(s5, ["tracemalloc peak per order", "tracemalloc kept by the report"])
+    memory += _pick(s5, ["peak RSS per order"])
+    kill = _pick(s6, ["kill -> fired", "kill -> first DELETE", "kill -> all settled"])
+    lags = ["lag p50", "lag p99", "lag max"]
+    panels = {
+        "1a": _Panel(
+            1,
+            "1. Cancels per second against the fast server (log scale); "
+            "at the right: cancels/s and the client's CPU per cancel",
+            "cancels/s",
+            _pick(s1, ["cancels/s"]),
+            detail=cpu_detail,
+            log=True,
+        ),
+        "1b": _Panel(
+            1,
+            "1. Cancels/s of one client ÷ another's, in the same run (log scale; dotted: as fast)",
+            "ratio (x)",
+            _pick(s1, ["cancels/s / (b)", "cancels/s / httpx"]),
+            label=ratio_label,
+            log=True,
+            reference=1.0,
+        ),
+        "2a": _Panel(
+            2,
+            "2. Kill switch against 20 ms latency: time ÷ bound "
+            "(dotted: the bound, ceil(N/C) measured round trips)",
+            "time ÷ bound (x)",
+            _pick(s2, ["time / bound"]),
+            reference=1.0,
+            wrap=44,
+        ),
+        "2b": _Panel(
+            2,
+            "2. Warm-up and hedging: cold cost left after warm_up(), hedges sent and won (%)",
+            "%",
+            _pick(
+                s2,
+                ["cold cost left after warm_up()", "extra requests (hedges)", "hedges that won"],
+                by_metric=True,
+            ),
+            label=_case_and_metric,
+        ),
+        "3a": _Panel(
+            3,
+            "3. Time ÷ (N/R) against a 200/s rate limit (dotted: N/R). Shorter is not better "
+            "when it comes from 429s: see them at the right and in the next panel",
+            "time ÷ (N/R) (x)",
+            _pick(s3, ["time / (N/R)"]),
+            detail=rate_limit_detail,
+            reference=1.0,
+        ),
+        "3b": _Panel(
+            3,
+            "3. What each client did to the exchange: 429s it got, requests it sent "
+            "inside a pause, orders it left live (fewer is better)",
+            "count",
+            _pick(
+                s3,
+                ["429s received", "requests inside a pause", "orders not cancelled"],
+                by_metric=True,
+            ),
+            label=_case_and_metric,
+        ),
+        "4": _Panel(
+            4,
+            "4. Lag of a 5 ms ticker in the client's event loop while the cancels run",
+            "ms",
+            _pick(s4, lags, by_metric=True),
+            label=_case_and_metric,
+        ),
+        "5": _Panel(
+            5,
+            "5. Memory per order" + (f" ({memory[0].case})" if memory else ""),
+            "bytes per order",
+            memory,
+            label=_metric,
+        ),
+        "6a": _Panel(
+            6,
+            "6. Lag of a 5 ms ticker in the bot's event loop: cancels by watchdog.fire() "
+            "(in the watchdog's process) or by an in-loop KillSwitch",
+            "ms",
+            _pick(s6, lags, by_metric=True),
+            label=_case_and_metric,
+        ),
+        "6b": _Panel(
+            6,
+            "6. Bot SIGKILLed with live stops"
+            + (f" ({kill[0].case})" if kill else "")
+            + ": time from the kill until the watchdog ...",
+            "ms after the SIGKILL",
+            kill,
+            label=_metric,
+            notes=_pick(s6, ["all settled / bound", "not cancelled"]),
+        ),
+        "6c": _Panel(
+            6,
+            "6. Registry: one add() + one discard() on the bot's thread (log scale)",
+            "µs",
+            _pick(s6, ["add+discard p50", "add+discard p99", "add+discard max"]),
+            label=_case_and_metric,
+            log=True,
+        ),
+    }
+    for panel in panels.values():
+        panel.status = _status(by_number.get(panel.scenario))
+    # A figure with a target is never left out of the picture: the ones no
+    # panel draws go under the last panel of their scenario.
+    drawn = {id(f) for panel in panels.values() for f in (*panel.figures, *panel.notes)}
+    last = {panel.scenario: panel for panel in panels.values()}
+    fallback = list(panels.values())[-1]
+    for result in results:
+        for figure in result.figures:
+            if figure.target is not None and id(figure) not in drawn:
+                last.get(result.number, fallback).notes.append(figure)
+    return panels
+
+
+def _draw(ax: Axes, panel: _Panel) -> None:
+    ax.set_title(textwrap.fill(panel.title, TITLE_WRAP), fontsize=TITLE_SIZE, loc="left")
+    figures = panel.figures
+    if panel.status is not None or not figures:
+        ax.text(
+            0.5,
+            0.5,
+            textwrap.fill(panel.status or "no figures", 50),
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
         ax.set_axis_off()
-        return
+        if panel.status is not None:
+            return
+    else:
+        _draw_bars(ax, panel)
+    for line, figure in enumerate(panel.notes):
+        verdict = "" if figure.target is None else f"   {_plot_verdict(figure)}"
+        ax.annotate(
+            f"{figure.case}: {_metric(figure)} = {_number(figure.median, figure.unit)}"
+            f" {figure.unit}{verdict}",
+            xy=(0.0, 0.0),
+            xycoords="axes fraction",
+            xytext=(0, -30 - 11 * line),
+            textcoords="offset points",
+            va="top",
+            fontsize=VALUE_SIZE + 0.5,
+            fontweight="bold" if figure.target is not None else "normal",
+            color="black" if figure.passed is None else VERDICT_COLOURS[figure.passed],
+        )
+
+
+def _draw_bars(ax: Axes, panel: _Panel) -> None:
+    figures = panel.figures
     medians = [f.median if math.isfinite(f.median) else 0.0 for f in figures]
     lows = [
         max(0.0, m - f.min) if math.isfinite(f.min) else 0.0
@@ -171,97 +422,129 @@ def _bars(
         max(0.0, f.max - m) if math.isfinite(f.max) else 0.0
         for f, m in zip(figures, medians, strict=True)
     ]
-    colours = [_colour(f) for f in figures]
-    positions = range(len(figures))
-    ax.barh(positions, medians, xerr=[lows, highs], color=colours, capsize=2, height=0.7)
-    ax.set_yticks(list(positions), [label(f) for f in figures], fontsize=6)
-    ax.invert_yaxis()
-    ax.set_xlabel(unit, fontsize=7)
-    ax.tick_params(axis="x", labelsize=7)
-    if log:
+    positions = list(range(len(figures)))
+    ax.barh(
+        positions,
+        medians,
+        xerr=[lows, highs],
+        color=[FILLS[_who(f)] for f in figures],
+        capsize=2,
+        height=0.7,
+        error_kw={"elinewidth": 0.8},
+    )
+    ax.set_yticks(positions, [textwrap.fill(panel.label(f), panel.wrap) for f in figures])
+    ax.tick_params(axis="y", labelsize=LABEL_SIZE)
+    ax.tick_params(axis="x", labelsize=LABEL_SIZE)
+    ax.set_ylim(len(figures) - 0.5, -0.5)  # the first figure on top
+    ax.set_xlabel(panel.xlabel, fontsize=LABEL_SIZE + 0.5)
+    if panel.log:
         ax.set_xscale("log")
-    if line is not None:
-        ax.axvline(line, color="black", linewidth=0.8, linestyle="--")
-
-
-def _rate_limit_panel(ax: Axes, results: Sequence[ScenarioResult]) -> None:
-    """Time / (N/R) per client, annotated with its 429s and requests inside a pause."""
-    timing = _select(results, 3, "time / (N/R)")
-    _bars(ax, timing, "3. Time / (N/R) (dashed: 1.05)", "x", line=1.05)
-    counts = {
-        (f.case, f.metric): f.median
-        for metric in ("429s received", "requests inside a pause")
-        for f in _select(results, 3, metric)
-    }
-    for position, figure in enumerate(timing):
-        rejected = counts.get((figure.case, "429s received"), math.nan)
-        inside = counts.get((figure.case, "requests inside a pause"), math.nan)
-        ax.text(
-            0.02,
-            position + 0.3,
-            f"429s {_number(rejected)}, inside a pause {_number(inside)}",
-            fontsize=7,
-            color="white",
-            fontweight="bold",
+    if panel.reference is not None:
+        ax.axvline(panel.reference, color="dimgray", linestyle=":", linewidth=1.2)
+    for position, figure in enumerate(figures):
+        threshold = None if figure.target is None else _threshold(figure.target)
+        if threshold is not None and (threshold > 0 or not panel.log):
+            ax.plot(
+                [threshold, threshold],
+                [position - 0.48, position + 0.48],
+                color="black",
+                linewidth=2.4,
+                solid_capstyle="butt",
+                zorder=3,
+            )
+    # The value column (monospaced, right-aligned) and the verdict column sit
+    # right of the axes, where no bar or whisker can hide them.
+    values = [
+        _number(f.median, f.unit) + ("×" if f.unit == "x" else "") + panel.detail(f)
+        for f in figures
+    ]
+    width = 4 + max(len(v) for v in values) * VALUE_SIZE * 0.61
+    for position, (figure, value) in enumerate(zip(figures, values, strict=True)):
+        ax.annotate(
+            value,
+            xy=(1.0, position),
+            xycoords=("axes fraction", "data"),
+            xytext=(width, 0),
+            textcoords="offset points",
+            ha="right",
+            va="center",
+            fontsize=VALUE_SIZE,
+            family="monospace",
         )
+        if figure.passed is not None:
+            ax.annotate(
+                _plot_verdict(figure),
+                xy=(1.0, position),
+                xycoords=("axes fraction", "data"),
+                xytext=(width + 6, 0),
+                textcoords="offset points",
+                ha="left",
+                va="center",
+                fontsize=VALUE_SIZE,
+                fontweight="bold",
+                color=VERDICT_COLOURS[figure.passed],
+            )
+
+
+#: Each panel's place in a 3 x 4 grid (rows, columns); 2a is tall: it has the most rows.
+LAYOUT: Final = {
+    "1a": (slice(0, 1), 0),
+    "1b": (slice(0, 1), 1),
+    "2a": (slice(0, 2), 2),
+    "2b": (slice(0, 1), 3),
+    "3a": (slice(1, 2), 0),
+    "3b": (slice(1, 2), 1),
+    "4": (slice(1, 2), 3),
+    "5": (slice(2, 3), 0),
+    "6a": (slice(2, 3), 1),
+    "6b": (slice(2, 3), 2),
+    "6c": (slice(2, 3), 3),
+}
 
 
 def write_plot(path: Path, results: Sequence[ScenarioResult]) -> None:
-    """Draw the main figures of each scenario (median bars, min-max whiskers)."""
+    """Draw the main figures of each scenario (median bars, min-max whiskers, verdicts)."""
     import matplotlib  # noqa: PLC0415 - the bench extra; imported only to draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.lines import Line2D  # noqa: PLC0415
+    from matplotlib.patches import Patch  # noqa: PLC0415
 
-    fig, axes = plt.subplots(2, 3, figsize=(17, 11))
-    (a1, a2, a3), (a4, a5, a6) = axes
-    _bars(
-        a1,
-        _select(results, 1, "cancels/s"),
-        "1. Cancels per second (log scale)",
-        "cancels/s",
-        log=True,
-    )
-    _bars(
-        a2,
-        _select(results, 1, "client CPU per cancel"),
-        "1. Client CPU per cancel (log scale)",
-        "µs",
-        log=True,
-    )
-    _bars(
-        a3,
-        [f for f in _select(results, 2, "time / bound") if "(a)" not in f.case],
-        "2. asyncstop: time / ceil(N/C) round trips (dashed: 1.1)",
-        "x",
-        line=1.1,
-    )
-    _rate_limit_panel(a4, results)
-    lag_figures = [
-        f for metric in ("lag p50", "lag p99", "lag max") for f in _select(results, 4, metric)
-    ]
-    _bars(
-        a5,
-        lag_figures,
-        "4. Ticker lag during 10,000 cancels (dashed: 5 ms)",
-        "ms",
-        label=lambda f: f"{f.case}: {f.metric}",
-        line=5.0,
-    )
-    memory = [f for r in results if r.number == 5 for f in r.figures]
-    _bars(
-        a6,
-        memory,
-        "5. Memory per order (dashed: 2 KiB)",
-        "bytes",
-        label=lambda f: f.metric,
-        line=2048.0,
-    )
+    fig = plt.figure(figsize=(26, 17), layout="constrained")
+    grid = fig.add_gridspec(3, 4)
+    for key, panel in _panels(results).items():
+        rows, column = LAYOUT[key]
+        _draw(fig.add_subplot(grid[rows, column]), panel)
+
+    targets = [f for r in results for f in r.figures if f.target is not None]
+    missed = sum(1 for f in targets if not f.passed)
+    runs = max((len(f.values) for r in results for f in r.figures), default=0)
     fig.suptitle(
-        "asyncstop benchmarks: median of the runs, whiskers min-max;"
-        " green PASS, red MISS; orange asyncstop, blue others (no target)",
-        fontsize=11,
+        f"asyncstop benchmarks: bars are the median of {runs} run(s), whiskers min to max; "
+        f"targets: {len(targets) - missed} PASS, {missed} MISS\n"
+        "At the right of each row: its median, then PASS or MISS for a figure with a target "
+        "(judged on the median, or on the worst run for '0 in every run').",
+        fontsize=12,
     )
-    fig.tight_layout()
-    _replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    fig.legend(
+        handles=[
+            Patch(color=FILLS["asyncstop"], label="asyncstop"),
+            Patch(color=FILLS["other"], label="another client: baselines (a)-(d), naive gather"),
+            Patch(color=FILLS["floor"], label="idle loop: no client (the floor)"),
+            Line2D([], [], color="black", linewidth=2.4, label="the target, on its own row"),
+            Line2D(
+                [],
+                [],
+                color="dimgray",
+                linestyle=":",
+                label="reference: the bound, N/R, or as fast as the other client",
+            ),
+        ],
+        loc="outside upper center",
+        ncols=5,
+        fontsize=9,
+        frameon=False,
+    )
+    _replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)

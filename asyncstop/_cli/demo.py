@@ -138,8 +138,8 @@ async def _demo(args: argparse.Namespace, out: Output) -> int:
     ) as exchange:
         _say(
             out,
-            f"{PROG} demo: a fake exchange in this process; part 1 fires a kill switch, "
-            "part 2 kills a bot and lets its watchdog cancel the bot's stops",
+            f"{PROG} demo: two ways to cancel stop orders, judged by a fake exchange "
+            "in this process",
         )
         _say(
             out,
@@ -188,7 +188,7 @@ async def _kill_switch_part(exchange: FakeExchange, args: argparse.Namespace, ou
     }
     _say(
         out,
-        f"Part 1: the kill switch cancels {total:,} stops over {len(accounts)} account(s)",
+        f"Part 1: a kill switch in this process cancels the stops of {len(accounts)} account(s)",
     )
     _say(
         out,

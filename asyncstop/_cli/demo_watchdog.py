@@ -146,17 +146,17 @@ async def _kill_the_bot(
             )
             return False
         async with _OtherProcess.watch(ready.watchdog_pid) as watchdog:
+            added = ready.add_seconds / len(config.order_ids)
             _say(
                 out,
-                f"  bot       pid {ready.pid}: {len(config.order_ids):,} stops of account "
-                f"{account} in a durable registry (SQLite; each add() returned after its "
-                f"commit, {ready.add_seconds / len(config.order_ids) * _MS:.2f} ms on average)",
+                f"  bot       pid {ready.pid} recorded {len(config.order_ids):,} stops of account "
+                f"{account} in a durable registry (SQLite, {added * _MS:.2f} ms per add())",
             )
             _say(
                 out,
-                f"  watchdog  pid {ready.watchdog_pid}, its own process and session, armed: "
-                f"heartbeat every {config.heartbeat_interval:g} s, fires on a closed pipe at "
-                f"once or after {config.heartbeat_timeout:g} s without a heartbeat",
+                f"  watchdog  pid {ready.watchdog_pid}, its own process and session: heartbeat "
+                f"every {config.heartbeat_interval:g} s; fires when the bot's pipe closes, or "
+                f"after {config.heartbeat_timeout:g} s without a heartbeat",
             )
             before = len(exchange.open_stop_orders(account))
             _say(out, f"  live stops before the kill: {before:,} (exchange's count)")
@@ -219,10 +219,9 @@ def _report_line(path: Path, requests: int) -> str:
     counts: Mapping[str, int] = summary.get("counts", {})
     tally = ", ".join(f"{n:,} {outcome}" for outcome, n in counts.items()) or "nothing"
     return (
-        f"  the watchdog's report ({summary.get('reason')}, written next to the registry): "
+        f"  watchdog  its report, next to the registry: {summary.get('reason')}; "
         f"{summary.get('orders', 0):,} orders: {tally}; {summary.get('pending', 0):,} may still "
-        f"be live; {requests:,} DELETE requests (retries of 503s and dropped connections "
-        "included)"
+        f"be live ({requests:,} DELETEs, retries included)"
     )
 
 
