@@ -16,6 +16,7 @@ from .common import Figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure as Picture
 
 __all__ = ["ScenarioResult", "format_table", "write_json", "write_plot"]
 
@@ -149,6 +150,7 @@ TITLE_SIZE: Final = 9.5
 #: Characters per line before a row label or a panel title wraps.
 LABEL_WRAP: Final = 34
 TITLE_WRAP: Final = 62
+_HATCH: Final = "///"
 
 _THRESHOLD = re.compile(r"[<>]=?\s*(-?\d[\d,]*(?:\.\d+)?)|^\s*(-?\d+(?:\.\d+)?)\s+in every run")
 
@@ -174,16 +176,38 @@ def _plot_verdict(figure: Figure) -> str:
     return _verdict(figure).replace("<=", "≤").replace(">=", "≥")
 
 
-def _case(figure: Figure) -> str:
-    return figure.case
-
-
-def _case_and_metric(figure: Figure) -> str:
-    return f"{figure.case}: {figure.metric}"
-
-
 def _metric(figure: Figure) -> str:
     return figure.metric.replace("->", "→")
+
+
+def _value(figure: Figure, *, with_unit: bool = True) -> str:
+    """The median as the picture writes it: ratios with a times sign, other units on request."""
+    number = _number(figure.median, figure.unit)
+    if figure.unit == "x":
+        return number + "\N{MULTIPLICATION SIGN}"
+    return f"{number} {figure.unit}" if with_unit and figure.unit else number
+
+
+def _ungrouped(figure: Figure) -> tuple[str, str]:
+    return "", figure.case
+
+
+def _by_metric(figure: Figure) -> tuple[str, str]:
+    return figure.metric, figure.case
+
+
+def _by_case(figure: Figure) -> tuple[str, str]:
+    return figure.case, _metric(figure)
+
+
+def _by_first_words(count: int) -> Callable[[Figure], tuple[str, str]]:
+    """Group by the case's first words: "asyncio C=16 asyncstop" -> "asyncio", "C=16 asyncstop"."""
+
+    def split(figure: Figure) -> tuple[str, str]:
+        words = figure.case.split(" ")
+        return " ".join(words[:count]), " ".join(words[count:])
+
+    return split
 
 
 def _no_detail(figure: Figure) -> str:
@@ -198,13 +222,16 @@ class _Panel:
     title: str
     xlabel: str
     figures: list[Figure] = field(default_factory=list)
-    label: Callable[[Figure], str] = _case
+    #: A row's group (a heading row above its first figure) and its label under it.
+    label: Callable[[Figure], tuple[str, str]] = _ungrouped
     #: Text after a row's median in the value column.
     detail: Callable[[Figure], str] = _no_detail
     log: bool = False
-    #: Where the dotted reference line goes (the bound, N/R, the baseline), and what it is.
+    #: Where the dotted reference line goes (the bound, N/R, as fast as the baseline).
     reference: float | None = None
-    wrap: int = LABEL_WRAP
+    #: Which bars are hatched, and what the hatching means (the panel's own legend).
+    hatched: Callable[[Figure], bool] | None = None
+    hatch_label: str = ""
     #: Figures in another unit, written under the panel.
     notes: list[Figure] = field(default_factory=list)
     #: "not run", or why the scenario has no numbers.
@@ -246,18 +273,24 @@ def _panels(results: Sequence[ScenarioResult]) -> dict[str, _Panel]:
 
     def cpu_detail(figure: Figure) -> str:
         used = cpu.get(figure.case)
-        return "" if used is None else f" {_number(used.median)} µs CPU"
+        return "/s" if used is None else f"/s, {_number(used.median)} µs CPU"
 
-    def ratio_label(figure: Figure) -> str:
-        return f"{figure.case} ÷ {figure.metric.rpartition(' / ')[2]}"
+    def ratio_label(figure: Figure) -> tuple[str, str]:
+        loop, _, rest = figure.case.partition(" ")
+        return loop, f"{rest} ÷ {figure.metric.rpartition(' / ')[2]}"
 
-    counts = {(f.case, f.metric): f.median for f in _pick(s3, ["429s received"])}
-    counts |= {(f.case, f.metric): f.median for f in _pick(s3, ["requests inside a pause"])}
+    counts = {
+        (f.case, f.metric): f.median
+        for f in _pick(s3, ["429s received", "requests inside a pause"])
+    }
+
+    def got_429s(figure: Figure) -> bool:
+        return counts.get((figure.case, "429s received"), 0.0) > 0
 
     def rate_limit_detail(figure: Figure) -> str:
         rejected = counts.get((figure.case, "429s received"), math.nan)
         inside = counts.get((figure.case, "requests inside a pause"), math.nan)
-        return f" {_number(rejected)} 429s, {_number(inside)} in a pause"
+        return f"  429s: {_number(rejected)}, inside a pause: {_number(inside)}"
 
     memory = _pick(s5, ["tracemalloc peak per order", "tracemalloc kept by the report"])
     memory += _pick(s5, ["peak RSS per order"])
@@ -266,16 +299,18 @@ def _panels(results: Sequence[ScenarioResult]) -> dict[str, _Panel]:
     panels = {
         "1a": _Panel(
             1,
-            "1. Cancels per second against the fast server (log scale); "
-            "at the right: cancels/s and the client's CPU per cancel",
+            "1. Client overhead: cancels per second against the fast server (log scale); "
+            "the client's CPU per cancel at the right",
             "cancels/s",
             _pick(s1, ["cancels/s"]),
+            label=_by_first_words(1),
             detail=cpu_detail,
             log=True,
         ),
         "1b": _Panel(
             1,
-            "1. Cancels/s of one client ÷ another's, in the same run (log scale; dotted: as fast)",
+            "1. Cancels/s of one client ÷ another's, in the same run (log scale; "
+            "dotted: as fast as the other)",
             "ratio (x)",
             _pick(s1, ["cancels/s / (b)", "cancels/s / httpx"]),
             label=ratio_label,
@@ -288,19 +323,19 @@ def _panels(results: Sequence[ScenarioResult]) -> dict[str, _Panel]:
             "(dotted: the bound, ceil(N/C) measured round trips)",
             "time ÷ bound (x)",
             _pick(s2, ["time / bound"]),
+            label=_by_first_words(2),
             reference=1.0,
-            wrap=44,
         ),
         "2b": _Panel(
             2,
-            "2. Warm-up and hedging: cold cost left after warm_up(), hedges sent and won (%)",
+            "2. Warm-up and hedging, in % (a negative cost left is noise: warm beat hot)",
             "%",
             _pick(
                 s2,
                 ["cold cost left after warm_up()", "extra requests (hedges)", "hedges that won"],
                 by_metric=True,
             ),
-            label=_case_and_metric,
+            label=_by_metric,
         ),
         "3a": _Panel(
             3,
@@ -310,6 +345,8 @@ def _panels(results: Sequence[ScenarioResult]) -> dict[str, _Panel]:
             _pick(s3, ["time / (N/R)"]),
             detail=rate_limit_detail,
             reference=1.0,
+            hatched=got_429s,
+            hatch_label="hatched: this client got 429s (it went faster than the exchange allows)",
         ),
         "3b": _Panel(
             3,
@@ -321,46 +358,45 @@ def _panels(results: Sequence[ScenarioResult]) -> dict[str, _Panel]:
                 ["429s received", "requests inside a pause", "orders not cancelled"],
                 by_metric=True,
             ),
-            label=_case_and_metric,
+            label=_by_metric,
         ),
         "4": _Panel(
             4,
             "4. Lag of a 5 ms ticker in the client's event loop while the cancels run",
             "ms",
             _pick(s4, lags, by_metric=True),
-            label=_case_and_metric,
+            label=_by_metric,
         ),
         "5": _Panel(
             5,
-            "5. Memory per order" + (f" ({memory[0].case})" if memory else ""),
+            "5. Memory per order",
             "bytes per order",
             memory,
-            label=_metric,
+            label=_by_case,
         ),
         "6a": _Panel(
             6,
-            "6. Lag of a 5 ms ticker in the bot's event loop: cancels by watchdog.fire() "
-            "(in the watchdog's process) or by an in-loop KillSwitch",
+            "6. Lag of a 5 ms ticker in the bot's event loop while the cancels run: "
+            "in the watchdog's process (watchdog.fire()) or in the bot's loop (KillSwitch)",
             "ms",
             _pick(s6, lags, by_metric=True),
-            label=_case_and_metric,
+            label=_by_metric,
         ),
         "6b": _Panel(
             6,
-            "6. Bot SIGKILLed with live stops"
-            + (f" ({kill[0].case})" if kill else "")
-            + ": time from the kill until the watchdog ...",
+            "6. Bot SIGKILLed while holding live stops: time from the kill until the "
+            "watchdog fired, sent its first DELETE, and had every order settled",
             "ms after the SIGKILL",
             kill,
-            label=_metric,
+            label=_by_case,
             notes=_pick(s6, ["all settled / bound", "not cancelled"]),
         ),
         "6c": _Panel(
             6,
-            "6. Registry: one add() + one discard() on the bot's thread (log scale)",
+            "6. Registry latency: one add() + one discard() on the bot's thread (log scale)",
             "µs",
             _pick(s6, ["add+discard p50", "add+discard p99", "add+discard max"]),
-            label=_case_and_metric,
+            label=_by_case,
             log=True,
         ),
     }
@@ -398,8 +434,7 @@ def _draw(ax: Axes, panel: _Panel) -> None:
     for line, figure in enumerate(panel.notes):
         verdict = "" if figure.target is None else f"   {_plot_verdict(figure)}"
         ax.annotate(
-            f"{figure.case}: {_metric(figure)} = {_number(figure.median, figure.unit)}"
-            f" {figure.unit}{verdict}",
+            f"{figure.case}: {_metric(figure)} = {_value(figure)}{verdict}",
             xy=(0.0, 0.0),
             xycoords="axes fraction",
             xytext=(0, -30 - 11 * line),
@@ -411,8 +446,26 @@ def _draw(ax: Axes, panel: _Panel) -> None:
         )
 
 
+def _rows(panel: _Panel) -> tuple[list[str], list[int], list[int]]:
+    """Every row's label, the rows that are group headings, and each figure's row."""
+    labels: list[str] = []
+    headings: list[int] = []
+    places: list[int] = []
+    group = ""
+    for figure in panel.figures:
+        heading, label = panel.label(figure)
+        if heading and heading != group:
+            headings.append(len(labels))
+            labels.append(heading)
+        group = heading
+        places.append(len(labels))
+        labels.append(textwrap.fill(label, LABEL_WRAP))
+    return labels, headings, places
+
+
 def _draw_bars(ax: Axes, panel: _Panel) -> None:
     figures = panel.figures
+    labels, headings, places = _rows(panel)
     medians = [f.median if math.isfinite(f.median) else 0.0 for f in figures]
     lows = [
         max(0.0, m - f.min) if math.isfinite(f.min) else 0.0
@@ -422,9 +475,8 @@ def _draw_bars(ax: Axes, panel: _Panel) -> None:
         max(0.0, f.max - m) if math.isfinite(f.max) else 0.0
         for f, m in zip(figures, medians, strict=True)
     ]
-    positions = list(range(len(figures)))
-    ax.barh(
-        positions,
+    bars = ax.barh(
+        places,
         medians,
         xerr=[lows, highs],
         color=[FILLS[_who(f)] for f in figures],
@@ -432,21 +484,40 @@ def _draw_bars(ax: Axes, panel: _Panel) -> None:
         height=0.7,
         error_kw={"elinewidth": 0.8},
     )
-    ax.set_yticks(positions, [textwrap.fill(panel.label(f), panel.wrap) for f in figures])
-    ax.tick_params(axis="y", labelsize=LABEL_SIZE)
+    if panel.hatched is not None:
+        from matplotlib.patches import Patch  # noqa: PLC0415 - the bench extra, as in write_plot
+
+        for bar, figure in zip(bars.patches, figures, strict=True):
+            if panel.hatched(figure):
+                bar.set_hatch(_HATCH)
+                bar.set_edgecolor("white")
+        ax.legend(
+            [Patch(facecolor="gray", edgecolor="white", hatch=_HATCH)],
+            [panel.hatch_label],
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.1),
+            fontsize=LABEL_SIZE,
+            frameon=False,
+        )
+    ax.set_yticks(range(len(labels)), labels)
+    for row in headings:
+        tick = ax.get_yticklabels()[row]
+        tick.set_fontweight("bold")
+        tick.set_fontsize(LABEL_SIZE + 0.5)
+    ax.tick_params(axis="y", labelsize=LABEL_SIZE, length=0)
     ax.tick_params(axis="x", labelsize=LABEL_SIZE)
-    ax.set_ylim(len(figures) - 0.5, -0.5)  # the first figure on top
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # the first row on top
     ax.set_xlabel(panel.xlabel, fontsize=LABEL_SIZE + 0.5)
     if panel.log:
         ax.set_xscale("log")
     if panel.reference is not None:
         ax.axvline(panel.reference, color="dimgray", linestyle=":", linewidth=1.2)
-    for position, figure in enumerate(figures):
+    for row, figure in zip(places, figures, strict=True):
         threshold = None if figure.target is None else _threshold(figure.target)
         if threshold is not None and (threshold > 0 or not panel.log):
             ax.plot(
                 [threshold, threshold],
-                [position - 0.48, position + 0.48],
+                [row - 0.48, row + 0.48],
                 color="black",
                 linewidth=2.4,
                 solid_capstyle="butt",
@@ -454,15 +525,12 @@ def _draw_bars(ax: Axes, panel: _Panel) -> None:
             )
     # The value column (monospaced, right-aligned) and the verdict column sit
     # right of the axes, where no bar or whisker can hide them.
-    values = [
-        _number(f.median, f.unit) + ("×" if f.unit == "x" else "") + panel.detail(f)
-        for f in figures
-    ]
+    values = [_value(f, with_unit=False) + panel.detail(f) for f in figures]
     width = 4 + max(len(v) for v in values) * VALUE_SIZE * 0.61
-    for position, (figure, value) in enumerate(zip(figures, values, strict=True)):
+    for row, figure, value in zip(places, figures, values, strict=True):
         ax.annotate(
             value,
-            xy=(1.0, position),
+            xy=(1.0, row),
             xycoords=("axes fraction", "data"),
             xytext=(width, 0),
             textcoords="offset points",
@@ -474,7 +542,7 @@ def _draw_bars(ax: Axes, panel: _Panel) -> None:
         if figure.passed is not None:
             ax.annotate(
                 _plot_verdict(figure),
-                xy=(1.0, position),
+                xy=(1.0, row),
                 xycoords=("axes fraction", "data"),
                 xytext=(width + 6, 0),
                 textcoords="offset points",
@@ -504,30 +572,34 @@ LAYOUT: Final = {
 
 def write_plot(path: Path, results: Sequence[ScenarioResult]) -> None:
     """Draw the main figures of each scenario (median bars, min-max whiskers, verdicts)."""
-    import matplotlib  # noqa: PLC0415 - the bench extra; imported only to draw
+    picture = _picture(results)
+    _replace_atomically(path, lambda tmp: picture.savefig(tmp, dpi=100, format="png"))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+def _picture(results: Sequence[ScenarioResult]) -> Picture:
+    # The bench extra, imported only to draw; a bare matplotlib Figure keeps
+    # pyplot's global state (and its GUI backends) out of it.
+    from matplotlib.figure import Figure as Picture  # noqa: PLC0415
     from matplotlib.lines import Line2D  # noqa: PLC0415
     from matplotlib.patches import Patch  # noqa: PLC0415
 
-    fig = plt.figure(figsize=(26, 17), layout="constrained")
-    grid = fig.add_gridspec(3, 4)
+    picture = Picture(figsize=(26, 17), layout="constrained")
+    grid = picture.add_gridspec(3, 4)
     for key, panel in _panels(results).items():
         rows, column = LAYOUT[key]
-        _draw(fig.add_subplot(grid[rows, column]), panel)
+        _draw(picture.add_subplot(grid[rows, column]), panel)
 
     targets = [f for r in results for f in r.figures if f.target is not None]
     missed = sum(1 for f in targets if not f.passed)
     runs = max((len(f.values) for r in results for f in r.figures), default=0)
-    fig.suptitle(
+    picture.suptitle(
         f"asyncstop benchmarks: bars are the median of {runs} run(s), whiskers min to max; "
         f"targets: {len(targets) - missed} PASS, {missed} MISS\n"
         "At the right of each row: its median, then PASS or MISS for a figure with a target "
         "(judged on the median, or on the worst run for '0 in every run').",
         fontsize=12,
     )
-    fig.legend(
+    picture.legend(
         handles=[
             Patch(color=FILLS["asyncstop"], label="asyncstop"),
             Patch(color=FILLS["other"], label="another client: baselines (a)-(d), naive gather"),
@@ -541,10 +613,9 @@ def write_plot(path: Path, results: Sequence[ScenarioResult]) -> None:
                 label="reference: the bound, N/R, or as fast as the other client",
             ),
         ],
-        loc="outside upper center",
+        loc="outside lower center",
         ncols=5,
         fontsize=9,
         frameon=False,
     )
-    _replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
-    plt.close(fig)
+    return picture

@@ -44,15 +44,12 @@ from .common import (
     rotate,
     run_in_loop,
 )
-from .report import TITLES
 from .responsiveness import _percentile, _ticker
 from .servers import ServerProcess, ServerSpec, child_env, repo_root
 
 __all__ = ["run"]
 
 SCENARIO: Final = 6
-# The table's title; report.py lists the other scenarios' titles.
-TITLES.setdefault(SCENARIO, "Watchdog: bot death, bot loop lag, registry latency")
 
 LATENCY: Final = 0.020
 CONCURRENCY: Final = 64

@@ -7,18 +7,34 @@ tests cover the parts whose mistakes would not show up as missing numbers.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from benchmarks.__main__ import SCENARIOS
 from benchmarks.common import Figure
-from benchmarks.report import ScenarioResult, format_table
+from benchmarks.report import (
+    FILLS,
+    TITLES,
+    ScenarioResult,
+    _picture,
+    _threshold,
+    _who,
+    format_table,
+    write_plot,
+)
 from benchmarks.responsiveness import _percentile
 from benchmarks.servers import REPLY_BODY, ServerProcess, ServerSpec, _State, reply_for
 
 from .helpers import DOC_EXAMPLE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure as Picture
 
 
 def test_reply_body_is_the_documented_example() -> None:
@@ -103,3 +119,132 @@ def test_table_shows_every_figure_and_lists_each_miss() -> None:
 def test_percentile_is_nearest_rank(fraction: float, expected: float) -> None:
     """A reported lag percentile is a lag that really happened, never an interpolation."""
     assert _percentile([float(v) for v in range(100, 0, -1)], fraction) == expected
+
+
+def test_every_scenario_has_a_title() -> None:
+    """The table, the JSON and the picture can name every scenario the harness runs."""
+    assert set(TITLES) == set(SCENARIOS)
+
+
+@pytest.mark.parametrize(
+    ("case", "who"),
+    [
+        ("asyncio C=64 asyncstop", "asyncstop"),
+        ("http fixed C=64 warm hedge=auto", "asyncstop"),
+        ("in-loop KillSwitch.trigger()", "asyncstop"),
+        ("registry NORMAL", "asyncstop"),
+        ("asyncio C=64 (b) aiohttp+msgspec", "other"),
+        ("http fixed C=64 (a) aiohttp warm", "other"),
+        ("naive asyncio.gather", "other"),
+        ("idle loop", "floor"),
+    ],
+)
+def test_bar_colour_says_who_was_measured(case: str, who: str) -> None:
+    """A bar's fill is chosen by whose number it is: asyncstop, another client, or no client."""
+    assert _who(Figure(1, case, "metric", "x", [1.0])) == who
+
+
+@pytest.mark.parametrize(
+    ("target", "threshold"),
+    [("<= 1.1", 1.1), (">= 0.95", 0.95), ("<= 2048 B", 2048.0), ("<= 10 %", 10.0),
+     ("0 in every run", 0.0), ("fast enough", None)],
+)  # fmt: skip
+def test_target_line_sits_at_the_number_of_the_target(target: str, threshold: float | None) -> None:
+    """The target drawn on a row is the number its words compare with."""
+    assert _threshold(target) == threshold
+
+
+#: The picture needs the bench extra (matplotlib); the README's test command installs only dev.
+needs_matplotlib = pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None, reason="needs the bench extra (matplotlib)"
+)
+
+
+def _texts(picture: Picture) -> list[str]:
+    return [text.get_text() for ax in picture.axes for text in ax.texts]
+
+
+def _panel_bars(picture: Picture, title: str) -> list[tuple[str, str]]:
+    """(fill colour, hatch) of each bar of the panel whose title starts with ``title``."""
+    from matplotlib.colors import to_hex
+
+    (ax,) = [ax for ax in picture.axes if ax.get_title(loc="left").startswith(title)]
+    return [(to_hex(bar.get_facecolor()), bar.get_hatch() or "") for bar in ax.patches]
+
+
+def _fill(who: str) -> str:
+    from matplotlib.colors import to_hex
+
+    return to_hex(FILLS[who])
+
+
+@needs_matplotlib
+def test_picture_colours_mean_the_client_not_the_verdict() -> None:
+    """Scenario 2's asyncstop bars are asyncstop's colour whether they pass or miss."""
+    figures = [
+        Figure(2, "http fixed C=64 warm", "time / bound", "x", [1.2]).check(
+            "<= 1.1", lambda v: v <= 1.1
+        ),
+        Figure(2, "http fixed C=64 cold", "time / bound", "x", [1.3]),
+        Figure(2, "http fixed C=64 warm hedge=auto", "time / bound", "x", [1.0]).check(
+            "<= 1.1", lambda v: v <= 1.1
+        ),
+        Figure(2, "http fixed C=64 (a) aiohttp warm", "time / bound", "x", [1.1]),
+    ]
+    picture = _picture([ScenarioResult(2, 1.0, figures)])
+    bars = _panel_bars(picture, "2. Kill switch")
+    assert [colour for colour, _ in bars] == [_fill("asyncstop")] * 3 + [_fill("other")]
+    assert {"MISS (≤ 1.1)", "PASS (≤ 1.1)"} <= set(_texts(picture))
+
+
+@needs_matplotlib
+def test_picture_marks_every_target_with_pass_or_miss_and_draws_the_target() -> None:
+    """Each figure with a target shows its verdict, even one no panel was planned for."""
+    ratio = Figure(1, "asyncio C=64 asyncstop", "cancels/s / (b)", "x", [0.8]).check(
+        ">= 0.95", lambda v: v >= 0.95
+    )
+    settled = Figure(6, "N=200 C=64 20 ms", "not cancelled", "orders", [0.0]).check(
+        "0 in every run", lambda v: v == 0, on_max=True
+    )
+    stray = Figure(4, "new client", "new metric", "ms", [3.0]).check("<= 1 ms", lambda v: v <= 1)
+    picture = _picture(
+        [ScenarioResult(1, 1.0, [ratio]), ScenarioResult(4, 1.0, [stray]),
+         ScenarioResult(6, 1.0, [settled])]
+    )  # fmt: skip
+    texts = _texts(picture)
+    assert "MISS (≥ 0.95)" in texts
+    assert any("not cancelled" in t and t.endswith("PASS (0 in every run)") for t in texts)
+    assert any("new metric" in t and t.endswith("MISS (≤ 1 ms)") for t in texts)
+    targets = [list(line.get_xdata()) for ax in picture.axes for line in ax.lines]
+    assert [0.95, 0.95] in targets
+
+
+@needs_matplotlib
+def test_rate_limit_panel_shows_the_429s_of_a_client_that_finished_sooner() -> None:
+    """The faster client that drew 429s has them written beside its time and its bar hatched."""
+    figures = [
+        Figure(3, "asyncstop rate_limit=200", "time / (N/R)", "x", [1.0]),
+        Figure(3, "asyncstop rate_limit=200", "429s received", "", [0.0]),
+        Figure(3, "asyncstop rate_limit=200", "requests inside a pause", "", [0.0]),
+        Figure(3, "naive asyncio.gather", "time / (N/R)", "x", [0.6]),
+        Figure(3, "naive asyncio.gather", "429s received", "", [187.0]),
+        Figure(3, "naive asyncio.gather", "requests inside a pause", "", [100.0]),
+    ]
+    picture = _picture([ScenarioResult(3, 1.0, figures)])
+    assert "0.600\N{MULTIPLICATION SIGN}  429s: 187, inside a pause: 100" in _texts(picture)
+    assert [hatch for _, hatch in _panel_bars(picture, "3. Time")] == ["", "///"]
+    counts = _panel_bars(picture, "3. What each client did")
+    assert [colour for colour, _ in counts] == [_fill("asyncstop"), _fill("other")] * 2
+
+
+@needs_matplotlib
+def test_picture_is_written_when_scenarios_failed_or_did_not_run(tmp_path: Path) -> None:
+    """A run whose scenarios failed still gets a PNG that says so, and no temporary file."""
+    failed = ScenarioResult(1, 1.0, [], "Traceback (most recent call last):\nRuntimeError: boom")
+    texts = _texts(_picture([failed]))
+    assert "failed: RuntimeError: boom" in texts
+    assert "not run" in texts
+    path = tmp_path / "quick.png"
+    write_plot(path, [failed])
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert list(tmp_path.iterdir()) == [path]

@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import re
+import select
 import signal
 import stat
 import sys
@@ -662,20 +663,80 @@ async def test_fake_exchange_help_shows_defaults() -> None:
         assert default in text
 
 
-async def test_demo_cancels_everything() -> None:
-    """`demo` needs no settings, exits 0, and the exchange's own view shows 0 live orders."""
-    run = await run_cli("demo", env=cli_env())
+def _demo_part_2(stdout: str) -> tuple[int, int, int]:
+    """From part 2 of the demo's output: the exchange's live stops before and after, and the
+    watchdog's pid."""
+    before = re.search(r"live stops before the kill: ([\d,]+) \(exchange's count\)", stdout)
+    after = re.search(r"live stops after: ([\d,]+) \(exchange's count\)", stdout)
+    watchdog = re.search(r"watchdog  pid (\d+),", stdout)
+    assert before, stdout
+    assert after, stdout
+    assert watchdog, stdout
+    return (
+        int(before[1].replace(",", "")),
+        int(after[1].replace(",", "")),
+        int(watchdog[1]),
+    )
+
+
+def _has_ended(pid: int) -> bool:
+    """True when process ``pid`` has exited (a zombie nobody reaped yet counts as exited)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], 0)
+    finally:
+        os.close(fd)
+    return bool(readable)
+
+
+async def test_demo_cancels_everything(tmp_path: Path) -> None:
+    """`demo` needs no settings and exits 0; the exchange shows 0 live orders after the kill
+    switch, and after the SIGKILLed bot's watchdog, which has exited; its temp dir is gone."""
+    env = cli_env(extra={"TMPDIR": str(tmp_path)})
+    run = await run_cli("demo", env=env)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "The exchange's own view: 0 live stop orders." in run.stdout
     assert "2,000 live stop orders over 2 account(s)" in run.stdout
+    assert "Part 2: the bot dies (SIGKILL) with 200 live stops" in run.stdout
+    before, after, watchdog_pid = _demo_part_2(run.stdout)
+    assert (before, after) == (200, 0)
+    assert re.search(
+        r"bot killed \(SIGKILL\) at \+0 ms; first DELETE at \+\d+ ms; last cancel at \+\d+ ms",
+        run.stdout,
+    ), run.stdout
+    assert "Both parts leave 0 live stop orders on the exchange." in run.stdout
+    assert _has_ended(watchdog_pid)
+    assert os.listdir(tmp_path) == []  # the registry, the report and the log are removed
+    assert run.stderr == ""  # the bot's and the watchdog's log stay out of sight
 
 
 async def test_demo_orders_count_per_account_like_fake_exchange() -> None:
-    """`demo --orders N --accounts A` seeds N orders on each account, as fake-exchange does."""
-    run = await run_cli("demo", "--orders", "7", "--accounts", "3", env=cli_env())
+    """`demo --orders N --accounts A` seeds N orders on each account, as fake-exchange does;
+    --bot-orders sets how many stops the killed bot holds."""
+    run = await run_cli(
+        "demo", "--orders", "7", "--accounts", "3", "--bot-orders", "30", env=cli_env()
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "21 live stop orders over 3 account(s)" in run.stdout
     assert "pending-out" not in run.stdout + run.stderr  # the demo has no such flag
+    assert _demo_part_2(run.stdout)[:2] == (30, 0)
+
+
+async def test_demo_without_rich_runs_both_parts(tmp_path: Path) -> None:
+    """With rich missing, `demo --progress` prints the install hint and still runs both parts."""
+    blocker = tmp_path / "no_rich" / "rich"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('rich is blocked by the test')\n")
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(blocker.parent), str(REPO)])
+    run = await run_cli("demo", "--orders", "5", "--bot-orders", "10", "--progress", env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stderr.count("pip install 'asyncstop[cli]'") == 1
+    assert _demo_part_2(run.stdout)[:2] == (10, 0)
+    assert "Both parts leave 0 live stop orders on the exchange." in run.stdout
 
 
 async def test_help_groups_the_exchange_settings_and_explains_order_id() -> None:

@@ -4,8 +4,10 @@
 
     asyncstop cancel ORDER_ID [ORDER_ID ...]   cancel these stop orders
     asyncstop kill --ids FILE                  cancel every stop order listed in FILE (- : stdin)
+    asyncstop kill --registry PATH             cancel every order a (dead) bot's registry holds
     asyncstop fake-exchange --orders 1000      serve a fake exchange to try ``kill`` against
-    asyncstop demo                             the kill switch against an in-process fake exchange
+    asyncstop demo                             a kill switch, then a SIGKILLed bot's watchdog,
+                                               against an in-process fake exchange
 
 Exit status: see :data:`common.EXIT_STATUS_HELP` (also the ``--help`` epilog).
 
@@ -16,7 +18,8 @@ environment or ``--token-file`` and never printed. rich (``pip install
 command prints plain text and works all the same.
 
 One module per command (:mod:`.cancel`, :mod:`.kill`, :mod:`.fake_exchange`,
-:mod:`.demo`), each adding its own parser; :mod:`.settings` reads the exchange
+:mod:`.demo`, with :mod:`.demo_watchdog` and :mod:`.demo_bot` for its second
+part), each adding its own parser; :mod:`.settings` reads the exchange
 settings, :mod:`.ids` the order ids, :mod:`.bulk` runs a cancel for
 ``cancel`` and ``kill``, :mod:`.display` draws, :mod:`.logs` sets up ``-v``.
 """

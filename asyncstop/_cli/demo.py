@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Final
 
 from asyncstop import (
     AsyncStopClient,
+    CancelOutcome,
     CancelReport,
     CancelResult,
     KillSwitch,
@@ -72,7 +73,8 @@ def add_parser(commands: Subcommands) -> None:
             "Part 2: start a bot process that records its stops in a durable registry and arms "
             "a watchdog (a separate process), kill the bot with SIGKILL, and show the watchdog "
             "cancelling every stop: the time from the kill to the last cancel, and the "
-            "exchange's count of live stops before and after."
+            "exchange's count of live stops before and after. The bot's and the watchdog's "
+            "log is shown on stderr after part 2 with -v, or when part 2 fails."
         ),
         epilog="exit status: 0 both parts leave no stop order live on the exchange; 1 some are",
     )
@@ -89,7 +91,10 @@ def add_parser(commands: Subcommands) -> None:
         help="part 2: stop orders the bot holds when it is killed (default: %(default)s)",
     )
     parser.add_argument(
-        "--accounts", type=count(1), default=_ACCOUNTS, help="part 1 (default: %(default)s)"
+        "--accounts",
+        type=count(1),
+        default=_ACCOUNTS,
+        help="part 1: accounts that hold stop orders (default: %(default)s)",
     )
     parser.add_argument(
         "--concurrency",
@@ -245,7 +250,7 @@ async def _kill_switch_part(exchange: FakeExchange, args: argparse.Namespace, ou
         for result in report.results:
             last[result.order_id] = result
     _say(out)
-    _explain_lost_answers(out, reports[0])
+    _explain_lost_answers(out, reports)
     _explain_triggered(out, triggered, last)
     _say(
         out,
@@ -284,10 +289,11 @@ def _say_summary(out: Output, report: CancelReport, title: str) -> None:
     out.run(write)
 
 
-def _explain_lost_answers(out: Output, first: CancelReport) -> None:
+def _explain_lost_answers(out: Output, reports: list[CancelReport]) -> None:
     lost_answers = sum(
         1
-        for r in first.results
+        for report in reports
+        for r in report.results
         if isinstance(r.error, OrderNotFoundError) and r.error.after_unknown_attempt
     )
     if lost_answers:
@@ -295,6 +301,18 @@ def _explain_lost_answers(out: Output, first: CancelReport) -> None:
             out,
             f"{lost_answers} already_gone: their answer was lost (503 or dropped connection "
             "after cancelling); the retry met 404: the first attempt had cancelled them.",
+        )
+    # Only this demo's client cancels, so a 404 in a later round means an earlier
+    # round's request did cancel the order: its answer was lost or came too late.
+    found_gone_later = sum(
+        1 for report in reports[1:] for r in report.results if r.outcome is CancelOutcome.NOT_FOUND
+    )
+    if found_gone_later:
+        _say(
+            out,
+            f"{found_gone_later} not_found in a later round: an earlier round had cancelled "
+            "them, but the answer was lost (503 or dropped connection after cancelling) or "
+            "came after the deadline, so that round reported them unknown.",
         )
 
 

@@ -12,6 +12,7 @@ SIGKILL gives it no such chance; that is the point of the demo.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -59,12 +60,18 @@ async def _run(config: BotConfig) -> None:
 
 def main() -> int:
     """Read the settings line, run the bot; 0 after a normal end, 1 if the watchdog failed."""
+    # A bot configures its logging; the watchdog's "gone" ERROR must reach someone.
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s demo-bot[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
     line = sys.stdin.buffer.readline()
     config = msgspec.json.decode(line, type=BotConfig)
     try:
         asyncio.run(_run(config))
     except WatchdogError as err:
-        print(f"demo bot: the watchdog could not start: {err}", file=sys.stderr)
+        print(f"demo bot: {err}", file=sys.stderr)
         return 1
     return 0
 

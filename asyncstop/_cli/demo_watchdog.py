@@ -121,12 +121,9 @@ async def run_watchdog_part(
             heartbeat_timeout=HEARTBEAT_TIMEOUT,
             deadline=WATCHDOG_DEADLINE,
         )
-        ok = False
-        try:
-            ok = await _kill_the_bot(exchange, out, config, log_path, verbose)
-        finally:
-            if not ok or verbose:
-                _show_log(log_path, failed=not ok)
+        ok = await _kill_the_bot(exchange, out, config, log_path, verbose)
+        if not ok or verbose:
+            _show_log(log_path, failed=not ok)
     return ok
 
 
@@ -229,10 +226,12 @@ def _report_line(path: Path, requests: int) -> str:
 
 
 def _bot_env(verbose: int) -> dict[str, str]:
-    """This environment; with -v, ASYNCSTOP_LOG asks the bot and its watchdog for their log."""
+    """This environment, with ASYNCSTOP_LOG asking the watchdog for its INFO records (-vv: DEBUG).
+
+    They go to the log file, which is shown only with -v or when the part failed.
+    """
     env = dict(os.environ)
-    if verbose:
-        env[_LOG_ENV_VAR] = "debug" if verbose > 1 else "info"
+    env[_LOG_ENV_VAR] = "debug" if verbose > 1 else "info"
     return env
 
 

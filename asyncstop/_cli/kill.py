@@ -23,11 +23,12 @@ def add_parser(commands: Subcommands) -> None:
     parser = commands.add_parser(
         "kill",
         epilog=EXIT_STATUS_HELP,
-        help="cancel every stop order listed in a file",
+        help="cancel every stop order listed in a file, or held in a durable registry",
         description=(
             "Cancel every stop order listed in FILE: one ORDER_ID or ACCOUNT_ID,ORDER_ID a line; "
             "blank lines and lines starting with # are skipped. The whole file is checked "
-            "before anything is sent."
+            "before anything is sent. Or cancel every order a durable registry holds (what a "
+            "dead bot left), and remove from it what is no longer live."
         ),
     )
     source = parser.add_mutually_exclusive_group(required=True)

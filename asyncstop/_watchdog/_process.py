@@ -338,7 +338,8 @@ def main() -> int:
     # ASYNCSTOP_LOG (inherited from the bot) may ask for INFO or DEBUG; otherwise
     # warnings and errors (firing, its outcome) go to the bot's stderr.
     setup_logging_from_env()
-    if not logger.handlers:
+    # The logger always carries the library's NullHandler: look for a real one.
+    if all(isinstance(h, logging.NullHandler) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(
             logging.Formatter(
