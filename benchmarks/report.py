@@ -229,6 +229,9 @@ class _Panel:
     log: bool = False
     #: Where the dotted reference line goes (the bound, N/R, as fast as the baseline).
     reference: float | None = None
+    #: Where the axis ends at the latest, so that one slow outlier cannot squash the
+    #: rows near their targets; a longer bar ends in an arrow (its number is at the right).
+    cut: float | None = None
     #: Which bars are hatched, and what the hatching means (the panel's own legend).
     hatched: Callable[[Figure], bool] | None = None
     hatch_label: str = ""
@@ -319,12 +322,13 @@ def _panels(results: Sequence[ScenarioResult]) -> dict[str, _Panel]:
         ),
         "2a": _Panel(
             2,
-            "2. Kill switch against 20 ms latency: time ÷ bound "
-            "(dotted: the bound, ceil(N/C) measured round trips)",
+            "2. Kill switch against 20 ms latency: time ÷ bound (dotted: the bound, "
+            "ceil(N/C) measured round trips; a bar ending in ▶ goes beyond 3 x)",
             "time ÷ bound (x)",
             _pick(s2, ["time / bound"]),
             label=_by_first_words(2),
             reference=1.0,
+            cut=3.0,
         ),
         "2b": _Panel(
             2,
@@ -512,6 +516,21 @@ def _draw_bars(ax: Axes, panel: _Panel) -> None:
         ax.set_xscale("log")
     if panel.reference is not None:
         ax.axvline(panel.reference, color="dimgray", linestyle=":", linewidth=1.2)
+    if (
+        panel.cut is not None
+        and max(m + h for m, h in zip(medians, highs, strict=True)) > panel.cut
+    ):
+        ax.set_xlim(right=panel.cut)
+        for row, median in zip(places, medians, strict=True):
+            if median > panel.cut:
+                ax.annotate(
+                    "\N{BLACK RIGHT-POINTING TRIANGLE}",
+                    xy=(panel.cut, row),
+                    ha="right",
+                    va="center",
+                    fontsize=LABEL_SIZE + 1,
+                    color="white",
+                )
     for row, figure in zip(places, figures, strict=True):
         threshold = None if figure.target is None else _threshold(figure.target)
         if threshold is not None and (threshold > 0 or not panel.log):
