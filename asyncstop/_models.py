@@ -44,7 +44,7 @@ class OrderStatus(enum.StrEnum):
     REJECTED = "Rejected"
 
 
-class StopOrder(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class StopOrder(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=False):
     """The cancelled stop order, as the exchange returned it.
 
     Decimal strings are ``Decimal``, timestamps are timezone-aware ``datetime``

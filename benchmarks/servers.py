@@ -8,7 +8,7 @@ the fastest client we measure (the table reports the server core's busy share
 to prove it).
 
 Every DELETE under ``/frontoffice/api/v3/stop-orders/`` is answered with the
-documented 200 body (the example in ``shared/api/openapi.yaml``), optionally:
+documented 200 body (the example in ``api/openapi.yaml``), optionally:
 
 * after a fixed delay, or a log-normal one with a long tail (``latency``,
   ``latency_sigma``);
@@ -71,7 +71,7 @@ STOP_ORDERS_PATH: Final = "/frontoffice/api/v3/stop-orders/"
 #: The account the benchmarks cancel for; the servers list it for preflight().
 ACCOUNT_ID: Final = "acc-1"
 
-#: The documented 200 body: the example of shared/api/openapi.yaml, compact JSON.
+#: The documented 200 body: the example of api/openapi.yaml, compact JSON.
 REPLY_BODY: Final = json.dumps(
     {
         "order": {

@@ -30,7 +30,7 @@ PAUSE_GRACE = 0.1
 #: for a loaded 2-core machine, yet far inside pytest's 60 s, so the failure names the condition.
 WAIT_LIMIT = 10.0
 
-#: The 200 example of the Cancel Stop order documentation (shared/api/openapi.yaml), verbatim.
+#: The 200 example of the Cancel Stop order documentation (api/openapi.yaml), verbatim.
 DOC_EXAMPLE = (
     b'{"order": {"marketId": "perp.btc_usdt", "marketDisplayName": "Perpetual BTC/USDT", '
     b'"orderId": "01K2MNGAWPMQJ7WGATFSCAS1G4", "orderType": "Limit", "side": "Sell", '

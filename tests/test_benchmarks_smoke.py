@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 
 def test_reply_body_is_the_documented_example() -> None:
-    """The fake servers answer with the 200 example of shared/api/openapi.yaml."""
+    """The fake servers answer with the 200 example of api/openapi.yaml."""
     assert json.loads(REPLY_BODY) == json.loads(DOC_EXAMPLE)
 
 
