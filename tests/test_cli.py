@@ -287,9 +287,17 @@ async def test_exit_1_writes_pending_out_and_rerun_on_it_exits_0(
         ({"ASYNCSTOP_BASE_URL": None}, ["ASYNCSTOP_BASE_URL", "--base-url"]),
         ({"ASYNCSTOP_BASE_URL": "ftp://exchange.example"}, ["https://"]),
         ({"ASYNCSTOP_BASE_URL": " http://127.0.0.1:1"}, ["ASYNCSTOP_BASE_URL", "whitespace"]),
+        ({"ASYNCSTOP_BASE_URL": "http://127.0.0.1:99999"}, ["ASYNCSTOP_BASE_URL", "port"]),
         ({"ASYNCSTOP_TOKEN": "Bearer abc"}, ["ASYNCSTOP_TOKEN", "bare JWT"]),
     ],
-    ids=["no-token", "no-base-url", "bad-base-url", "spaced-env-base-url", "bearer-prefix"],
+    ids=[
+        "no-token",
+        "no-base-url",
+        "bad-base-url",
+        "spaced-env-base-url",
+        "bad-port",
+        "bearer-prefix",
+    ],
 )
 async def test_configuration_error_is_one_line_and_exit_2(
     exchange: FakeExchange, tmp_path: Path, extra: dict[str, str | None], expected: list[str]
@@ -818,6 +826,38 @@ async def test_an_account_the_token_may_not_use_fails_the_preflight(
         assert deletes(exchange) == []
 
 
+async def test_the_preflight_comes_before_any_delete(exchange: FakeExchange) -> None:
+    """`cancel` asks GET /accounts once, before its first DELETE."""
+    ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
+    run = await run_cli("cancel", *ids, env=cli_env(exchange))
+    assert run.returncode == 0, run.stderr
+    assert [entry.method for entry in exchange.journal] == ["GET", "DELETE", "DELETE", "DELETE"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        (Fault.error(404), "404"),
+        (Fault.reply(200, b"<html>login</html>", {"Content-Type": "text/html"}), "text/html"),
+    ],
+    ids=["base-url-off-the-api", "html-page"],
+)
+async def test_a_base_url_off_the_api_fails_the_preflight(
+    exchange: FakeExchange, tmp_path: Path, fault: Fault, expected: str
+) -> None:
+    """GET /accounts answered by something that is not the API: one line, exit 2, no DELETE."""
+    ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
+    exchange.inject_accounts(fault)
+    path = write_ids(tmp_path / "ids.txt", [(ACCOUNT, oid) for oid in ids])
+    run = await run_cli("kill", "--ids", str(path), env=cli_env(exchange))
+    assert run.returncode == 2, run.stdout + run.stderr
+    [line] = run.stderr.splitlines()
+    assert line.startswith("asyncstop: error: preflight failed: ")
+    assert expected in line
+    assert deletes(exchange) == []
+    assert exchange.open_stop_orders() == set(ids)
+
+
 async def test_no_preflight_skips_a_blocked_accounts_endpoint(exchange: FakeExchange) -> None:
     """--no-preflight: a gateway answering 403 to GET /accounts does not stop the cancels."""
     ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
@@ -838,6 +878,9 @@ async def test_a_wrong_account_id_exits_3_with_the_likely_causes(exchange: FakeE
     assert "account id" in run.stderr
     assert "base URL" in run.stderr
     assert exchange.open_stop_orders() == set(ids)
+    for line in run.stdout.splitlines():  # each line says what not_found means here
+        assert line.split()[1:2] == ["not_found"]
+        assert "no live stop order with this id on this account" in line
 
 
 @pytest.mark.parametrize("value", ["sometimes", "0", "-1", "inf"])

@@ -8,6 +8,7 @@ the results and the summary, and picks the exit status.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
@@ -47,6 +48,7 @@ from .display import (
     make_progress,
     print_result_lines,
     print_summary,
+    printable,
 )
 from .ids import check_writable, write_pending
 from .output import Output
@@ -63,8 +65,11 @@ __all__ = [
     "save_pending",
 ]
 
-#: Seconds a ``cancel`` or ``kill`` run may take in all, retries included.
+#: Seconds a ``cancel`` or ``kill`` run may take in all, preflight and retries included.
 DEFAULT_DEADLINE: Final = 10.0
+#: The least deadline the cancel gets after a slow preflight: its orders then end
+#: not_sent in a report, rather than the run ending in an error.
+_LEAST_DEADLINE: Final = 0.001
 
 
 def add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +80,7 @@ def add_bulk_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=DEFAULT_DEADLINE,
         metavar="SECONDS",
-        help="time for the whole run, retries included (default: %(default)s)",
+        help="time for the whole run, preflight and retries included (default: %(default)s)",
     )
     group.add_argument(
         "--concurrency",
@@ -215,12 +220,17 @@ class PreflightFailed(Exception):
     """The exchange, the token or an account failed the preflight: nothing was cancelled."""
 
 
-async def _preflight(client: AsyncStopClient, items: list[tuple[str, str]]) -> None:
+async def _preflight(
+    client: AsyncStopClient, items: list[tuple[str, str]], deadline: float
+) -> None:
     """Check the base URL, the token and every account of ``items`` before any DELETE."""
     try:
-        accounts = await client.preflight()
+        async with asyncio.timeout(deadline):
+            accounts = await client.preflight()
     except AsyncStopError as err:
-        raise PreflightFailed(str(err)) from None
+        raise PreflightFailed(printable(str(err))) from None
+    except TimeoutError:
+        raise PreflightFailed(f"no answer within --deadline {deadline:g} s") from None
     known = {account.account_id for account in accounts}
     missing = sorted({account_id for account_id, _ in items} - known)
     if missing:
@@ -236,12 +246,15 @@ async def _cancel_all(
     args: argparse.Namespace,
     tracker: ResultTracker,
 ) -> CancelReport:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     async with client:
         if args.preflight:
-            await _preflight(client, items)
+            await _preflight(client, items, args.deadline)
+        time_left = args.deadline - (loop.time() - started)
         return await client.cancel_stop_orders(
             items,
-            deadline=args.deadline,
+            deadline=max(time_left, _LEAST_DEADLINE),
             concurrency=args.concurrency,
             on_result=tracker.on_result,
             hedge=args.hedge,

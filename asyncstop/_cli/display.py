@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Final, Protocol
 
 import msgspec
 
-from asyncstop import CancelOutcome, CancelReport, CancelResult, OrderNotFoundError
+from asyncstop import CancelOutcome, CancelReport, CancelResult
 
 from .ids import format_item
 
@@ -100,14 +100,22 @@ def _rich_console(stream: IO[str]) -> Console | None:
     return Console(file=stream, highlight=False)
 
 
-_GOOD: Final = frozenset({CancelOutcome.CANCELLED, CancelOutcome.ALREADY_GONE})
-_SHORT_NAME: Final = {CancelOutcome.ALREADY_GONE: "gone", CancelOutcome.NOT_SENT: "not sent"}
+_SHORT_NAME: Final = {
+    CancelOutcome.ALREADY_GONE: "gone",
+    CancelOutcome.NOT_FOUND: "not found",
+    CancelOutcome.NOT_SENT: "not sent",
+}
+_STYLE: Final = {
+    CancelOutcome.CANCELLED: "green",
+    CancelOutcome.ALREADY_GONE: "green",
+    # Not live on this account, but a run full of them usually names the wrong account.
+    CancelOutcome.NOT_FOUND: "cyan",
+    CancelOutcome.UNKNOWN: "yellow",
+}
 
 
 def _style(outcome: CancelOutcome) -> str:
-    if outcome in _GOOD:
-        return "green"
-    return "yellow" if outcome is CancelOutcome.UNKNOWN else "red"
+    return _STYLE.get(outcome, "red")
 
 
 def _counts_text(counts: Mapping[CancelOutcome, int], *, markup: bool) -> str:
@@ -256,14 +264,11 @@ def printable(text: str) -> str:
 
 def _note(result: CancelResult) -> str | None:
     """What a person should read about one result: the error, or why "already gone" is fine."""
-    error = result.error
     if result.outcome is CancelOutcome.ALREADY_GONE:
-        if isinstance(error, OrderNotFoundError) and error.after_unknown_attempt:
-            return (
-                "404 after an attempt with unknown outcome: that attempt most likely cancelled it"
-            )
-        return "404: the exchange has no live stop order with this id"
-    return None if error is None else printable(str(error))
+        return "404 after an attempt with unknown outcome: that attempt most likely cancelled it"
+    if result.outcome is CancelOutcome.NOT_FOUND:
+        return "404: the exchange has no live stop order with this id on this account"
+    return None if result.error is None else printable(str(result.error))
 
 
 def describe_pending(result: CancelResult) -> str:

@@ -122,9 +122,6 @@ def _resolve_token(args: argparse.Namespace, env: Mapping[str, str]) -> str:
         token, source = env.get(ENV_TOKEN, "").strip(), ENV_TOKEN
         if not token:
             raise UsageError(f"no token: set {ENV_TOKEN} or pass --token-file")
-    if token.lower().startswith("bearer "):
-        # TEMPORARY until the core's check_token checks the prefix first.
-        raise UsageError(f'{source}: token must be the bare JWT, without the "Bearer " prefix')
     try:
         return check_token(token)
     except InvalidInputError as err:
