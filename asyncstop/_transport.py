@@ -180,7 +180,6 @@ class Transport:
         read as the next request's answer.
         """
         url = self._url_root.with_path(self._url_path + order_id, encoded=True)
-        what = f"order {order_id}"
         sent = SimpleNamespace(sent=False, on_sent=on_sent)
         session = self._require_session()
         try:
@@ -199,18 +198,21 @@ class Transport:
                 if status >= 300:
                     if not complete:
                         resp.close()
-                    raise _error_for(resp, body, what, order_id)
+                    raise _error_for(resp, body, f"order {order_id}", order_id)
                 try:
                     if not complete:
                         raise UndecodableReply(f"a body over {self.max_body_size} bytes")
                     return decode_stop_order(body, order_id)
                 except UndecodableReply as err:
                     resp.close()
-                    raise _not_evidence(resp, body, f"for {what}", err, order_id) from None
+                    raise _not_evidence(
+                        resp, body, f"for order {order_id}", err, order_id
+                    ) from None
         except APIError:
             raise
         except (TimeoutError, aiohttp.ClientError) as err:
-            raise _connection_error(err, what, self._sent(sent, err), order_id) from err
+            sent_it = self._sent(sent, err)
+            raise _connection_error(err, f"order {order_id}", sent_it, order_id) from err
 
     async def get_accounts(self, authorization: str) -> list[TradingAccount]:
         """``GET /frontoffice/api/v3/accounts``: the accounts the token may use."""
@@ -252,21 +254,31 @@ class Transport:
     async def _read_body(self, resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
         """Up to ``limit`` bytes of the (decompressed) body, and whether that was all of it."""
         content = resp.content
-        if resp.content_length is not None and resp.content_length > limit:
+        length = resp.content_length
+        if length is not None and length > limit:
             return await content.read(MAX_ERROR_BODY_KEPT), False
-        body = bytearray()
-        while len(body) <= limit:
-            chunk = await content.read(limit + 1 - len(body))
-            if not chunk:
-                break
-            body += chunk
-        complete = len(body) <= limit
-        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding != "identity" and self.owns_session:
-            if not complete:
-                return bytes(body[:MAX_ERROR_BODY_KEPT]), False
-            return _decompress(bytes(body), encoding, limit)
-        return bytes(body[:limit]), complete
+        if length is not None:
+            # The usual reply: its length is known and within the limit, so one
+            # read takes it whole, without the chunked loop's copies.
+            body = await resp.read()
+            complete = True
+        else:
+            chunks = bytearray()
+            while len(chunks) <= limit:
+                chunk = await content.read(limit + 1 - len(chunks))
+                if not chunk:
+                    break
+                chunks += chunk
+            complete = len(chunks) <= limit
+            body = bytes(chunks[:limit]) if complete else bytes(chunks[:MAX_ERROR_BODY_KEPT])
+        encoding = resp.headers.get("Content-Encoding")
+        if encoding is not None and self.owns_session:
+            encoding = encoding.strip().lower()
+            if encoding != "identity":
+                if not complete:
+                    return body[:MAX_ERROR_BODY_KEPT], False
+                return _decompress(body, encoding, limit)
+        return body, complete
 
     async def warm_up(self, connections: int | None) -> int:
         """Open keep-alive connections with safe HEAD requests; return how many were answered."""
@@ -359,8 +371,19 @@ def _not_evidence(
 
 def _error_for(
     resp: aiohttp.ClientResponse, body: bytes, what: str, order_id: str | None
-) -> APIStatusError:
+) -> APIError:
     status = resp.status
+    if status == 404 and "json" not in resp.headers.get("Content-Type", "").lower():
+        # A 404 is the evidence that an order is not live, so it must be the API's:
+        # an HTML or empty 404 comes from a proxy, a gateway or a wrong path, and
+        # says nothing about the order (retried like a 5xx, then unknown).
+        return _not_evidence(
+            resp,
+            body,
+            f"for {what}",
+            UndecodableReply("a 404 that is not the API's JSON answer"),
+            order_id,
+        )
     if 300 <= status < 400:
         # Following would send the token to wherever Location points.
         return APIStatusError(
