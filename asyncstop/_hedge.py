@@ -5,7 +5,7 @@ about the 95th-percentile latency, send a second one and take the first
 answer, for a few percent more load. gRPC's hedging policy stops when the
 server pushes back; so does this one. The rules:
 
-- The delay is fixed (seconds) or ``"auto"``: the p95 of this call's reply
+- The delay is fixed (seconds) or ``"auto"``: the p95 of this call's latest 512 reply
   times, measured from the moment each request reached the wire, once
   ``AUTO_MIN_SAMPLES`` replies are in (requests already waiting then get it
   too), and at least twice their median (a server without a tail gets no
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from typing import Final, Literal
 
 from ._attempt import Canceller, DeadlinePassed, OrderCancel
@@ -45,6 +46,9 @@ AUTO_MIN_SAMPLES: Final = 20
 AUTO_MIN_MEDIAN_MULTIPLE: Final = 2.0
 #: The auto delay is recomputed after this many new replies (sorting is not free).
 _RECOMPUTE_EVERY: Final = 16
+#: "auto" goes by this many latest replies: sorting them stays cheap in a call
+#: of 100,000 orders, and the delay follows the exchange if it slows down.
+AUTO_WINDOW: Final = 512
 
 
 class Hedger:
@@ -54,6 +58,7 @@ class Hedger:
         "_auto_delay",
         "_changed",
         "_quantiles",
+        "_replies",
         "_samples",
         "_samples_at_delay",
         "budget",
@@ -71,7 +76,9 @@ class Hedger:
         self.canceller = canceller
         self.fixed_delay = None if setting == "auto" else float(setting)
         self.budget = budget
-        self._samples: list[float] = []
+        self._samples: deque[float] = deque(maxlen=AUTO_WINDOW)
+        #: Replies timed so far (the window keeps only the latest).
+        self._replies = 0
         self._samples_at_delay = 0
         self._auto_delay: float | None = None
         self._quantiles: tuple[float, float] | None = None
@@ -94,14 +101,14 @@ class Hedger:
         count = len(self._samples)
         if count < AUTO_MIN_SAMPLES:
             return None
-        if self._quantiles is None or count - self._samples_at_delay >= _RECOMPUTE_EVERY:
+        if self._quantiles is None or self._replies - self._samples_at_delay >= _RECOMPUTE_EVERY:
             ordered = sorted(self._samples)
 
             def quantile(q: float) -> float:
                 return ordered[min(count - 1, math.ceil(q * count) - 1)]
 
             self._quantiles = (quantile(0.5), quantile(0.95))
-            self._samples_at_delay = count
+            self._samples_at_delay = self._replies
         p50, p95 = self._quantiles
         return max(p95, AUTO_MIN_MEDIAN_MULTIPLE * p50)
 
@@ -211,5 +218,6 @@ class Hedger:
     def _sample(self, sent: asyncio.Future[float] | None, loop: asyncio.AbstractEventLoop) -> None:
         if sent is not None and sent.done() and not sent.cancelled():
             self._samples.append(loop.time() - sent.result())
+            self._replies += 1
             if len(self._samples) == AUTO_MIN_SAMPLES and self.fixed_delay is None:
                 self._pulse()  # the first-wave requests waiting for a delay get one
