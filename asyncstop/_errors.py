@@ -17,7 +17,7 @@
         │   └── ServerError               5xx
         ├── APIConnectionError: no complete answer arrived
         │   └── APITimeoutError (also TimeoutError)
-        └── ResponseValidationError: a 2xx that is no evidence of the cancel
+        └── ResponseValidationError: a 2xx or 404 that is no evidence from the exchange
 
 Other statuses (405, 408, 409, 422, ...) raise a plain ``APIStatusError``.
 No error's message, repr or attributes ever contain the bearer token: the
@@ -128,11 +128,11 @@ class APITimeoutError(APIConnectionError, TimeoutError):
 
 
 class ResponseValidationError(APIError):
-    """A 2xx arrived whose body is not a Cancel Stop order reply for the order asked.
+    """A 2xx whose body is not this order's reply, or a 404 that is not the API's JSON answer.
 
     An HTML page, an empty body, another order's reply, a body over the size
-    limit: an answer from something that is not the exchange (a captive
-    portal, a misrouted gateway, a stale reply). It is no evidence that the
+    limit, a proxy's 404 page: an answer from something that is not the
+    exchange (a captive portal, a misrouted gateway, a stale reply). It is no evidence that the
     order is gone, so it is retried like a 5xx and, if retries run out, the
     order is reported ``unknown``. ``body`` holds the first bytes (at most
     1 KiB) and ``content_type`` the reply's Content-Type.

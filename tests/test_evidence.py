@@ -216,3 +216,27 @@ async def test_an_endless_body_is_cut_at_the_limit(
     assert result.outcome is CancelOutcome.UNKNOWN
     assert "over 4096 bytes" in str(result.error)
     assert order_id in exchange.open_stop_orders()
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b"<html><body><h1>404 Not Found</h1>nginx</body></html>", {"Content-Type": "text/html"}),
+        (b"", {"Content-Type": "text/plain"}),
+    ],
+    ids=["proxy-page", "empty"],
+)
+async def test_a_404_that_is_not_the_apis_answer_is_not_a_not_found(
+    exchange: FakeExchange, make_client: ClientFactory, body: bytes, headers: dict[str, str]
+) -> None:
+    """A proxy's HTML or empty 404 is no evidence: the order stays unknown and pending."""
+    (order_id,) = exchange.add_stop_orders(1, account_id=ACCOUNT)
+    exchange.inject_for(order_id, *[Fault.reply(404, body, headers, apply=False)] * 2)
+    client = await make_client(max_retries=1)
+    report = await client.cancel_stop_orders([order_id])
+    (result,) = report.results
+    assert result.outcome is CancelOutcome.UNKNOWN
+    assert not report.ok
+    assert isinstance(result.error, asyncstop.ResponseValidationError)
+    assert "404" in str(result.error)
+    assert order_id in exchange.open_stop_orders()
