@@ -46,11 +46,13 @@ class Deadline:
     The same rule decides whether a wait (a backoff, a 429 pause) is worth it.
     """
 
-    __slots__ = ("at",)
+    __slots__ = ("at", "latest_start")
 
     def __init__(self, at: float | None) -> None:
         #: Loop time of the deadline; None: no deadline.
         self.at: Final = at
+        #: Loop time after which no attempt may start; None: no deadline.
+        self.latest_start: Final = None if at is None else at - MIN_ATTEMPT_BUDGET
 
     def time_left(self) -> float | None:
         """Seconds left (may be negative), or None without a deadline."""
@@ -60,8 +62,8 @@ class Deadline:
 
     def allows(self, wait: float = 0.0) -> bool:
         """True if an attempt started ``wait`` seconds from now would still be in time."""
-        left = self.time_left()
-        return left is None or left - wait >= MIN_ATTEMPT_BUDGET
+        latest = self.latest_start
+        return latest is None or asyncio.get_running_loop().time() + wait <= latest
 
     def __repr__(self) -> str:
         return f"<Deadline at={self.at!r}>"
@@ -197,7 +199,7 @@ class Canceller:
     def next_wait(self, call: OrderCancel, err: APIError) -> float | None:
         """Seconds to wait before retrying ``call`` after ``err``, or None when it is final."""
         wait, call.retry = self.retry_policy.next_wait(
-            call.retry, err, may_wait=call.deadline.allows
+            call.retry, err, latest_start=call.deadline.latest_start
         )
         return wait
 
