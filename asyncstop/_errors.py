@@ -22,11 +22,18 @@
 Other statuses (405, 408, 409, 422, ...) raise a plain ``APIStatusError``.
 No error's message, repr or attributes ever contain the bearer token: the
 request headers are not kept on errors at all.
+
+:func:`error_to_wire` and :func:`error_from_wire` carry an error across a
+process boundary (the watchdog's pipe) as a JSON-ready dict, and rebuild it
+through its class's constructor, so every documented attribute survives.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -49,6 +56,8 @@ __all__ = [
     "ServerError",
     "TokenProviderError",
     "WatchdogError",
+    "error_from_wire",
+    "error_to_wire",
     "forget_traceback",
     "status_error",
 ]
@@ -56,6 +65,12 @@ __all__ = [
 
 class AsyncStopError(Exception):
     """Root of every error asyncstop raises on purpose."""
+
+    # What error_to_wire carries besides the message: the constructor's keyword
+    # arguments, and the attributes set after construction; each is an
+    # attribute of the same name. A subclass with new ones extends these.
+    _wire_keywords: ClassVar[tuple[str, ...]] = ()
+    _wire_attributes: ClassVar[tuple[str, ...]] = ()
 
 
 class InvalidInputError(AsyncStopError, ValueError):
@@ -77,6 +92,8 @@ class AccountNotFoundError(AsyncStopError):
     exchange listed for the token.
     """
 
+    _wire_keywords: ClassVar[tuple[str, ...]] = ("account_id", "available")
+
     def __init__(self, message: str, *, account_id: str, available: list[str]) -> None:
         super().__init__(message)
         self.account_id = account_id
@@ -90,6 +107,8 @@ class WatchdogError(AsyncStopError):
     when it reported one.
     """
 
+    _wire_keywords: ClassVar[tuple[str, ...]] = ("kind",)
+
     def __init__(self, message: str, *, kind: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
@@ -100,6 +119,7 @@ class APIError(AsyncStopError):
 
     #: The order the request was about, when there was one.
     order_id: str | None
+    _wire_keywords: ClassVar[tuple[str, ...]] = ("order_id",)
 
     def __init__(self, message: str, *, order_id: str | None = None) -> None:
         super().__init__(message)
@@ -115,6 +135,8 @@ class APIConnectionError(APIError):
     exchange saw nothing and the order is untouched; when True the outcome is
     unknown.
     """
+
+    _wire_keywords: ClassVar[tuple[str, ...]] = ("order_id", "request_sent")
 
     def __init__(
         self, message: str, *, order_id: str | None = None, request_sent: bool = True
@@ -137,6 +159,8 @@ class ResponseValidationError(APIError):
     order is reported ``unknown``. ``body`` holds the first bytes (at most
     1 KiB) and ``content_type`` the reply's Content-Type.
     """
+
+    _wire_keywords: ClassVar[tuple[str, ...]] = ("body", "status_code", "order_id", "content_type")
 
     def __init__(
         self,
@@ -172,6 +196,16 @@ class APIStatusError(APIError):
     still gives this error with the status and the first KiB of the raw ``body``.
     ``message`` is the full text of the error, as ``str(err)``.
     """
+
+    _wire_keywords: ClassVar[tuple[str, ...]] = (
+        "status_code",
+        "body",
+        "error_code",
+        "errors",
+        "request_id",
+        "order_id",
+        "exchange_message",
+    )
 
     def __init__(
         self,
@@ -217,12 +251,14 @@ class OrderNotFoundError(APIStatusError):
     """
 
     after_unknown_attempt: bool = False
+    _wire_attributes: ClassVar[tuple[str, ...]] = ("after_unknown_attempt",)
 
 
 class RateLimitError(APIStatusError):
     """429: the exchange asked the client to slow down; ``retry_after`` is its pause in seconds."""
 
     retry_after: float | None = None
+    _wire_attributes: ClassVar[tuple[str, ...]] = ("retry_after",)
 
 
 class ServerError(APIStatusError):
@@ -308,3 +344,65 @@ def forget_traceback(err: BaseException) -> None:
         if current.__cause__ is not None:
             forget_traceback(current.__cause__)
         current = current.__context__
+
+
+# -- across a process boundary ---------------------------------------------------------------
+
+
+def error_to_wire(err: AsyncStopError) -> dict[str, Any]:
+    """``err`` as a JSON-ready dict that :func:`error_from_wire` rebuilds.
+
+    Holds the class name, the message and every attribute the class declares
+    (bytes as base64); no traceback and no chained cause. The bearer token is
+    never on an error, so never on the wire.
+    """
+    cls = type(err)
+    fields: dict[str, Any] = {}
+    for name in (*cls._wire_keywords, *cls._wire_attributes):
+        value = getattr(err, name)
+        fields[name] = (
+            {"base64": base64.b64encode(value).decode()} if isinstance(value, bytes) else value
+        )
+    return {"type": cls.__name__, "message": str(err), "fields": fields}
+
+
+def error_from_wire(wire: Mapping[str, Any]) -> AsyncStopError:
+    """Rebuild the error :func:`error_to_wire` gave, through its class's constructor.
+
+    A class this version does not know (a newer sender), or fields its
+    constructor refuses, give a plain :class:`AsyncStopError` whose message
+    starts with the class name, so nothing is lost silently. Raises
+    ``ValueError`` when ``wire`` is not such a dict at all.
+    """
+    name, message, fields = wire.get("type"), wire.get("message"), wire.get("fields", {})
+    if not isinstance(name, str) or not isinstance(message, str) or not isinstance(fields, dict):
+        raise ValueError("not an error from error_to_wire")
+    cls = _WIRE_CLASSES.get(name)
+    if cls is None:
+        return AsyncStopError(f"{name}: {message}")
+    values = {key: _from_wire_value(value) for key, value in fields.items()}
+    try:
+        err = cls(message, **{key: values[key] for key in cls._wire_keywords if key in values})
+    except (TypeError, ValueError):
+        return AsyncStopError(f"{name}: {message}")
+    for key in cls._wire_attributes:
+        if key in values:
+            setattr(err, key, values[key])
+    return err
+
+
+def _from_wire_value(value: Any) -> Any:
+    if isinstance(value, dict) and value.keys() == {"base64"} and isinstance(value["base64"], str):
+        try:
+            return base64.b64decode(value["base64"], validate=True)
+        except (binascii.Error, ValueError):
+            return b""
+    return value
+
+
+#: The classes error_from_wire may build: every public error of this module, by name.
+_WIRE_CLASSES: dict[str, type[AsyncStopError]] = {
+    name: obj
+    for name, obj in list(globals().items())
+    if isinstance(obj, type) and issubclass(obj, AsyncStopError) and not name.startswith("_")
+}

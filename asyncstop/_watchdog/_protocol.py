@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from .. import _errors
-from .._errors import AsyncStopError
+from .._errors import AsyncStopError, error_from_wire, error_to_wire
 
 if TYPE_CHECKING:
     from .._report import CancelResult
@@ -140,64 +139,18 @@ def encode(message: BotMessage | WatchdogMessage) -> bytes:
 
 # -- results, errors included ---------------------------------------------------------------
 
-# Attributes of asyncstop's errors worth carrying across; bytes travel as base64.
-_ERROR_ATTRIBUTES: Final = (
-    "order_id",
-    "status_code",
-    "error_code",
-    "request_id",
-    "after_unknown_attempt",
-    "retry_after",
-    "account_id",
-)
-
 
 def _encode_error(obj: Any) -> Any:
-    if isinstance(obj, BaseException):
-        attributes = {
-            name: value
-            for name in _ERROR_ATTRIBUTES
-            if isinstance(value := getattr(obj, name, None), str | int | float | bool)
-        }
-        body = getattr(obj, "body", None)
-        if isinstance(body, bytes):
-            attributes["body"] = base64.b64encode(body[:1024]).decode()
-        return {"type": type(obj).__name__, "message": str(obj), "attributes": attributes}
+    if isinstance(obj, AsyncStopError):
+        return error_to_wire(obj)
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
 def _decode_error(kind: type, obj: Any) -> Any:
-    """Rebuild an error as the class it was (any public asyncstop error), with its attributes."""
-
+    """Rebuild an error through its class's constructor (``_errors.error_from_wire``)."""
     if not (isinstance(kind, type) and issubclass(kind, AsyncStopError)):
         raise NotImplementedError(f"cannot decode {kind!r}")
-    name, message = str(obj.get("type", "")), str(obj.get("message", ""))
-    cls = getattr(_errors, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, AsyncStopError)):
-        cls = AsyncStopError
-        message = f"{name}: {message}" if name else message
-    err = cls.__new__(cls)
-    Exception.__init__(err, message)
-    attributes: dict[str, Any] = dict(obj.get("attributes") or {})
-    body = attributes.pop("body", None)
-    # What the error's __init__ would have set, so that every documented
-    # attribute exists; the report keeps no traceback.
-    fields: dict[str, Any] = {}
-    if issubclass(cls, _errors.APIError):
-        fields.update(message=message, order_id=None)
-    if issubclass(cls, _errors.APIStatusError | _errors.ResponseValidationError):
-        fields.update(status_code=0, body=b"")
-    if issubclass(cls, _errors.APIStatusError):
-        fields.update(error_code=None, errors=[], request_id=None)
-    fields.update(attributes)
-    if isinstance(body, str):
-        try:
-            fields["body"] = base64.b64decode(body)
-        except (binascii.Error, ValueError):
-            fields["body"] = b""
-    for key, value in fields.items():
-        setattr(err, key, value)
-    return err
+    return error_from_wire(obj)
 
 
 _result_encoder: Final = msgspec.json.Encoder(enc_hook=_encode_error)
