@@ -23,7 +23,9 @@ The layers, each importing only those below it (``tests/test_layers.py``)::
 
 from __future__ import annotations
 
-from ._auth import TokenProvider
+from types import FunctionType as _FunctionType
+
+from ._auth import TokenProvider, command_token_provider
 from ._client import AsyncStopClient
 from ._constants import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -51,8 +53,9 @@ from ._errors import (
     TokenProviderError,
     WatchdogError,
 )
-from ._killswitch import KillSwitch, OrderSource, StopOrderRegistry
+from ._killswitch import KillSwitch, OrderSource
 from ._models import OrderStatus, StopOrder, TradingAccount
+from ._registry import StopOrderRegistry
 from ._report import CancelOutcome, CancelReport, CancelResult, OrderItem
 from ._transport import DaemonThreadResolver, Timeout
 from ._watchdog import Watchdog
@@ -98,12 +101,13 @@ __all__ = [
     "Watchdog",
     "WatchdogError",
     "__version__",
+    "command_token_provider",
 ]
 
 # Tracebacks and reprs name the public path (asyncstop.RateLimitError), not the
 # private module that defines the class.
 for _name in __all__:
     _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith("asyncstop._"):
+    if isinstance(_obj, type | _FunctionType) and _obj.__module__.startswith("asyncstop._"):
         _obj.__module__ = __name__
 del _name, _obj

@@ -17,10 +17,6 @@ __all__ = ["Account", "AccountBook", "new_limiter"]
 SLOW_START_END: Final = 1024
 
 
-class DeadlinePassed(Exception):
-    """Internal: the deadline left no time for another attempt; nothing was sent."""
-
-
 class Account:
     """Per-account state shared by every call of one client: headers, 429 pause, slow start.
 

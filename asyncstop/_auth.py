@@ -14,16 +14,18 @@ import os
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Final, TypeVar
 
-from ._errors import InvalidInputError, TokenProviderError
+from ._errors import AuthenticationError, InvalidInputError, TokenProviderError
 from ._logging import logger
 from ._validation import check_seconds, check_token, check_token_source
 
-__all__ = ["Auth", "TokenProvider", "command_token_provider"]
+__all__ = ["Auth", "TokenProvider", "command_token_provider", "fetch_token"]
 
 #: An async callable that returns a fresh bearer token (the bare JWT).
 TokenProvider = Callable[[], Awaitable[str]]
+
+_T = TypeVar("_T")
 
 #: The most a token command may print on stdout; a JWT is a few KiB at most.
 MAX_TOKEN_OUTPUT: Final = 64 * 1024
@@ -108,26 +110,67 @@ class Auth:
                 raise
             self.generation += 1
 
+    async def send_refreshing(
+        self, send: Callable[[str], Awaitable[_T]], *, limit: float | None
+    ) -> _T:
+        """Return ``await send(authorization)``; after a 401, refresh once and send again.
+
+        A request outside the cancel engine (the preflight) goes through here,
+        so that it follows :meth:`refresh`'s rule: without a provider the
+        :class:`~asyncstop.AuthenticationError` stands; with one, a token
+        already renewed by another request is used, else the provider is asked
+        within ``limit`` seconds.
+        """
+        generation = self.generation
+        try:
+            return await send(self.authorization)
+        except AuthenticationError:
+            if not self.can_refresh:
+                raise
+            await self.refresh(generation, limit=limit)
+        return await send(self.authorization)
+
     async def _ask_provider(self, limit: float | None) -> str:
         assert self._provider is not None
         try:
-            async with asyncio.timeout(limit):
-                token = await self._provider()
-            return check_token(token)
-        except TimeoutError:
-            reason = f"the token provider did not answer within {limit:.3g}s"
-        except InvalidInputError as err:
-            reason = f"the token provider returned an unusable token: {err}"
-        except TokenProviderError as err:  # a token command's own, token-free reason
-            reason = str(err)
-        except Exception as err:  # the provider is the application's code
-            reason = f"the token provider raised {type(err).__name__}"
-        logger.error("%s; no request is sent without a token", reason)
-        raise TokenProviderError(reason)
+            return await fetch_token(self._provider, limit)
+        except TokenProviderError as err:
+            logger.error("%s; no request is sent without a token", err)
+            raise
 
     def __repr__(self) -> str:
         kind = "provider" if self._provider is not None else "static token"
         return f"<Auth {kind} generation={self.generation}>"
+
+
+async def fetch_token(provider: TokenProvider, limit: float | None) -> str:
+    """Ask ``provider`` for a token within ``limit`` seconds: the one way a provider is asked.
+
+    Returns the checked token. Any failure (the provider raised, hung, or gave
+    an unusable token) raises :class:`~asyncstop.TokenProviderError`, whose
+    message names only the exception's class: the provider's own message, and
+    what it returned, may hold the token. The client (at open and after a
+    401) and the watchdog (at start and ahead of the token's expiry) both
+    fetch through here.
+    """
+    try:
+        async with asyncio.timeout(limit):
+            token = await provider()
+        return check_token(token)
+    except TimeoutError:  # ours, or the provider's own
+        reason = (
+            "the token provider raised TimeoutError"
+            if limit is None
+            else f"the token provider did not answer within {limit:.3g}s"
+        )
+    except InvalidInputError as err:  # its message never echoes the token
+        reason = f"the token provider returned an unusable token: {err}"
+    except TokenProviderError as err:  # a token command's own, token-free reason
+        reason = str(err)
+    except Exception as err:  # the provider is the application's code
+        reason = f"the token provider raised {type(err).__name__}"
+    # Raised outside the handlers, so the provider's error is not chained to it.
+    raise TokenProviderError(reason)
 
 
 def command_token_provider(

@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from ._account import AccountBook
-from ._attempt import Canceller, DeadlinePassed, OrderCancel
+from ._attempt import Canceller, OrderCancel
 from ._auth import Auth, TokenProvider
 from ._bulk import run_bulk_cancel
 from ._constants import (
@@ -30,7 +30,7 @@ from ._constants import (
     DEFAULT_MAX_RETRY_AFTER,
     DEFAULT_TIMEOUT,
 )
-from ._errors import AccountNotFoundError, AuthenticationError, InvalidInputError
+from ._errors import AccountNotFoundError, InvalidInputError
 from ._logging import setup_logging_from_env
 from ._models import StopOrder, TradingAccount
 from ._report import CancelReport, CancelResult, OrderItem
@@ -213,14 +213,9 @@ class AsyncStopClient:
         wanted = (
             None if account_id is None and self.account_id is None else self._account_id(account_id)
         )
-        generation = self._auth.generation
-        try:
-            accounts = await self._transport.get_accounts(self._auth.authorization)
-        except AuthenticationError:
-            if not self._auth.can_refresh:
-                raise
-            await self._auth.refresh(generation, limit=self.timeout.total)
-            accounts = await self._transport.get_accounts(self._auth.authorization)
+        accounts = await self._auth.send_refreshing(
+            self._transport.get_accounts, limit=self.timeout.total
+        )
         if wanted is not None and all(a.account_id != wanted for a in accounts):
             ids = [a.account_id for a in accounts]
             raise AccountNotFoundError(
@@ -249,10 +244,7 @@ class AsyncStopClient:
             limiter=self._accounts.limiter(account_id),
         )
         self._require_open()
-        try:
-            return await self._canceller.cancel(call)
-        except DeadlinePassed:  # pragma: no cover - the single call has no deadline
-            raise AssertionError("no deadline was set") from None
+        return await self._canceller.cancel(call)
 
     async def cancel_stop_orders(
         self,

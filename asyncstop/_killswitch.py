@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ._client import AsyncStopClient
     from ._report import CancelReport, CancelResult, OrderItem
 
-__all__ = ["KillSwitch", "OrderSource", "StopOrderRegistry"]
+__all__ = ["KillSwitch", "OrderSource"]
 
 #: Feeding a large source to the bulk engine yields to the loop this often.
 _YIELD_EVERY: Final = 1000

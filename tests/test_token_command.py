@@ -259,3 +259,37 @@ async def test_a_failing_command_at_open_names_the_command(tmp_path: Path) -> No
     with pytest.raises(TokenProviderError, match=r"'broken-helper\.py' exited with status 2"):
         async with client:
             pass
+
+
+@pytest.mark.parametrize("failure", ["raises", "unusable", "command fails"])
+async def test_a_failing_provider_at_watchdog_start_raises_token_provider_error(
+    tmp_path: Path, failure: str
+) -> None:
+    """Watchdog start with a failing provider: TokenProviderError, no process, no secret shown."""
+
+    async def raising() -> str:
+        raise ValueError(f"vault said no to {LEAK}")
+
+    async def unusable() -> str:
+        return f"Bearer {LEAK}"
+
+    providers = {
+        "raises": raising,
+        "unusable": unusable,
+        "command fails": command_token_provider(script(tmp_path, "sys.exit(4)"), timeout=10),
+    }
+    registry = asyncstop.StopOrderRegistry.open(tmp_path / "stops.db")
+    try:
+        watchdog = asyncstop.Watchdog(
+            registry, base_url="http://127.0.0.1:9", token=providers[failure], account_id=ACCOUNT
+        )
+        with pytest.raises(TokenProviderError) as caught:
+            async with watchdog:
+                pytest.fail("the block must not run")
+        assert LEAK not in str(caught.value)
+        assert caught.value.__cause__ is None
+        assert caught.value.__context__ is None
+        assert watchdog.pid is None
+        assert not watchdog.alive
+    finally:
+        registry.close()

@@ -12,17 +12,18 @@ from typing import TYPE_CHECKING, Final, Literal, Self
 
 import msgspec
 
+from .._auth import fetch_token
 from .._constants import DEFAULT_KILL_SWITCH_HEDGE, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT
-from .._errors import InvalidInputError, WatchdogError
+from .._errors import AsyncStopError, InvalidInputError, TokenProviderError, WatchdogError
 from .._logging import logger
 from .._registry import StopOrderRegistry
+from .._report import CancelReport
 from .._validation import (
     check_account_id,
     check_base_url,
     check_bulk_settings,
     check_count,
     check_seconds,
-    check_token,
     check_token_source,
 )
 from ._protocol import (
@@ -45,14 +46,12 @@ from ._protocol import (
 
 if TYPE_CHECKING:
     from .._auth import TokenProvider
-    from .._report import CancelReport, CancelResult
+    from .._report import CancelResult
 
 __all__ = ["Watchdog", "WatchdogError"]
 
 #: Seconds to wait for the watchdog's preflight and warm-up.
 DEFAULT_START_TIMEOUT: Final = 30.0
-#: Seconds a token provider may take before the refresh counts as failed.
-_PROVIDER_TIMEOUT: Final = 30.0
 #: A fresh token is fetched at most this long before it is needed.
 _REFRESH_AHEAD_MAX: Final = 300.0
 #: Seconds a disarmed watchdog gets to exit before it is killed.
@@ -217,7 +216,10 @@ class Watchdog:
         """Start the watchdog process; return once it is armed (preflight passed, warm).
 
         Raises :class:`WatchdogError` when it cannot get ready (its ``kind``
-        names the cause, such as ``"AuthenticationError"``).
+        names the cause, such as ``"AuthenticationError"``), and
+        :class:`TokenProviderError` when the token provider raises, takes
+        longer than ``timeout`` or gives an unusable token (then no process is
+        started).
         """
         if self._alive:
             raise RuntimeError(f"the watchdog (pid {self.pid}) is running already")
@@ -326,8 +328,7 @@ class Watchdog:
             assert self._token is not None
             token = self._token
         else:
-            async with asyncio.timeout(_PROVIDER_TIMEOUT):
-                token = check_token(await self._provider())
+            token = await fetch_token(self._provider, self.timeout)
             self._token = token
         expiry = jwt_expiry(token)
         if expiry is not None and expiry - time.time() < self._token_need:
@@ -399,9 +400,6 @@ class Watchdog:
             await asyncio.sleep(self.heartbeat_interval)
 
     async def _read(self, process: asyncio.subprocess.Process) -> None:
-        from .._errors import AsyncStopError as PublicError  # noqa: PLC0415 - see _new_report
-        from .._report import CancelReport  # noqa: PLC0415 - kept off the bot's import path
-
         stdout = process.stdout
         assert stdout is not None
         while True:
@@ -427,7 +425,9 @@ class Watchdog:
                 fire = self._fires.get(message.id)
                 if fire is not None and not fire[0].done():
                     error = (
-                        None if message.source_error is None else PublicError(message.source_error)
+                        None
+                        if message.source_error is None
+                        else AsyncStopError(message.source_error)
                     )
                     fire[0].set_result(CancelReport(fire[1], message.elapsed, error))
             elif isinstance(message, FireFailed):
@@ -466,10 +466,9 @@ class Watchdog:
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
-                async with asyncio.timeout(_PROVIDER_TIMEOUT):
-                    fresh = check_token(await provider())
-            except Exception as err:
-                reason = f"the token provider failed: {type(err).__name__}: {err}"
+                fresh = await fetch_token(provider, self.timeout)
+            except TokenProviderError as err:
+                reason = str(err)
             else:
                 fresh_expiry = jwt_expiry(fresh)
                 reason = "the token provider returned a token that expires no later"
