@@ -250,12 +250,12 @@ class RetryPolicy:
             if decision.rate_limited > MAX_RATE_LIMITED_RETRIES:
                 logger.debug("not retrying: %d 429s for this order", decision.rate_limited)
                 return None, decision
+            if err.retry_after is not None and err.retry_after > self.max_retry_after:
+                logger.debug("not retrying: the exchange asked for a %.3gs pause", wait)
+                return None, decision
             stop = decision.stop_in_time
         else:
             stop = decision.stop
-        if wait > self.max_retry_after:
-            logger.debug("not retrying: the exchange asked for a %.3gs pause", wait)
-            return None, decision
         if stop is not None and stop(state):
             if logger.isEnabledFor(logging.DEBUG):
                 in_time = decision.stop_in_time

@@ -120,6 +120,7 @@ B1, B2, B3, B4 = 0.0375, 0.075, 0.15, 0.3
         (3, [retry_after(None), S503, retry_after(None)], [B1, B1, B2]),
         # Retry-After over max_retry_after (30 s here) ends the retries.
         (3, [retry_after(30.0), retry_after(31.0)], [30.0, None]),
+        (3, [S503, retry_after(31.0)], [B1, None]),
         # Timeouts, drops, 408, 409 and stray 2xx are counted like a 5xx.
         (
             4,
@@ -195,3 +196,18 @@ def test_the_policy_is_made_of_tenacity_strategies() -> None:
     state.outcome = tenacity.Future.construct(1, retry_after(4.0), has_exception=True)
     assert policy.retrying.retry(state) is True
     assert policy.retrying.wait(state) == 4.0
+
+
+@pytest.mark.parametrize("max_retry_after", [0.0, 0.01])
+async def test_max_retry_after_caps_only_the_servers_pause(
+    monkeypatch: pytest.MonkeyPatch, max_retry_after: float
+) -> None:
+    """A small max_retry_after refuses a long Retry-After but keeps the backoff's retries."""
+    monkeypatch.setattr(_retry, "jitter", lambda: 0.5)
+    policy = _retry.RetryPolicy(max_retries=3, max_retry_after=max_retry_after)
+    wait, decision = policy.next_wait(None, S503, latest_start=None)
+    assert wait == pytest.approx(B1)
+    wait, decision = policy.next_wait(decision, retry_after(None), latest_start=None)
+    assert wait == pytest.approx(B2)
+    wait, _ = policy.next_wait(decision, retry_after(1.0), latest_start=None)
+    assert wait is None
