@@ -23,7 +23,7 @@ from ._logging import logger
 from ._validation import check_account_id, check_order_id
 
 if TYPE_CHECKING:
-    from ._report import OrderItem
+    from ._report import CancelReport, CancelResult, OrderItem
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "StopOrderRegistry", "Synchronous"]
 
@@ -183,6 +183,24 @@ class StopOrderRegistry:
             if account_id == default_account_id:
                 keys.append((None, order_id))
         self._remove_many(keys)
+
+    def forget_settled(
+        self, report: CancelReport, *, default_account_id: str | None = None
+    ) -> list[CancelResult]:
+        """Forget every order of ``report`` that is certainly not live, in one transaction.
+
+        That is ``report.settled``: the orders cancelled, already gone or not
+        found, except ``not_found`` ones under the report's warning (most not
+        found and none cancelled: likely a wrong account id or base URL, so
+        they may be live and stay registered). ``default_account_id`` is the
+        account the orders registered without one were sent for (the
+        client's). Returns the results whose orders were forgotten.
+        """
+        settled = report.settled
+        self.discard_settled_many(
+            ((r.order_id, r.account_id) for r in settled), default_account_id=default_account_id
+        )
+        return settled
 
     def add_listener(self, listener: AddListener) -> None:
         """Call ``listener(item)`` after each :meth:`add` (a tripped kill switch uses this)."""

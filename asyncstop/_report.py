@@ -1,17 +1,39 @@
-"""What a bulk cancel reports: one CancelResult per input item, in a CancelReport."""
+"""What a bulk cancel reports: one CancelResult per input item, in a CancelReport.
+
+And the one JSON record of each, for every place that writes results out (the
+command line's ``--json``, the watchdog's report file and pipe, a service's
+database)::
+
+    result_record(result)   {"order_id", "account_id", "outcome", "ok", "attempts",
+                             "elapsed", "activated", "error", "order"}
+    report_record(report)   {"orders", "ok", "warning", "counts", "pending_count",
+                             "pending", "activated", "elapsed", "source_error",
+                             "hedges_sent", "hedges_won"}
+
+``result_from_record`` rebuilds a :class:`CancelResult` from its record
+(error and order included), so a record can also cross a pipe.
+"""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 import msgspec
 
-from ._errors import AsyncStopError
+from ._errors import AsyncStopError, error_from_wire, error_to_wire
 from ._models import StopOrder
 
-__all__ = ["CancelOutcome", "CancelReport", "CancelResult", "OrderItem"]
+__all__ = [
+    "CancelOutcome",
+    "CancelReport",
+    "CancelResult",
+    "OrderItem",
+    "report_record",
+    "result_from_record",
+    "result_record",
+]
 
 #: An order id for the client's account, or an ``(account_id, order_id)`` pair.
 OrderItem = str | tuple[str, str]
@@ -29,7 +51,8 @@ class CancelOutcome(enum.StrEnum):
     #: The exchange answered 404 to the first attempt: it has no live stop
     #: order with this id for this account (filled, cancelled elsewhere, or a
     #: wrong account id or base URL). Not live on this account; counts as
-    #: success, and a call where most orders end so carries a warning.
+    #: success, unless most orders of the call end so: then the report's
+    #: ``warning`` says so, and these orders are pending and ``ok`` is False.
     NOT_FOUND = "not_found"
     #: A definitive refusal that retrying cannot change (400, 403, a 401 that a
     #: fresh token did not cure, a redirect, an invalid item): the order may be live.
@@ -41,7 +64,7 @@ class CancelOutcome(enum.StrEnum):
     UNKNOWN = "unknown"
     #: No request for this order reached the exchange (the deadline, a refused
     #: connection, a refused token, a failing token provider): the order is
-    #: certainly untouched; ``error`` says what stopped it, if anything did.
+    #: certainly untouched; ``error`` says what stopped it.
     NOT_SENT = "not_sent"
 
     def __str__(self) -> str:
@@ -51,6 +74,7 @@ class CancelOutcome(enum.StrEnum):
 _SUCCESS: Final = frozenset(
     {CancelOutcome.CANCELLED, CancelOutcome.ALREADY_GONE, CancelOutcome.NOT_FOUND}
 )
+_SETTLED_UNDER_WARNING: Final = _SUCCESS - {CancelOutcome.NOT_FOUND}
 #: A call gets a warning when at least this many of its orders, and most of
 #: them, are ``not_found`` while none was cancelled.
 NOT_FOUND_WARNING_MIN: Final = 3
@@ -70,7 +94,7 @@ class CancelResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     #: The order as the exchange returned it (``cancelled`` only).
     order: StopOrder | None = None
     #: The last error, if any (for ``already_gone`` and ``not_found``, the 404;
-    #: for ``not_sent``, what stopped it, or None when the deadline did).
+    #: for ``not_sent``, what stopped it, the deadline included).
     error: AsyncStopError | None = None
     #: Requests for this order that reached the wire (headers sent).
     attempts: int = 0
@@ -127,9 +151,13 @@ class CancelReport:
 
     @property
     def ok(self) -> bool:
-        """True when no order may still be live (and the source did not fail)."""
+        """True when no order may still be live, the source did not fail, and there is no warning.
+
+        Under the :attr:`warning`, the ``not_found`` orders may be live on
+        another account: the report is not ok, and they are :attr:`pending`.
+        """
         settled = sum(self._counts[outcome] for outcome in _SUCCESS)
-        return self.source_error is None and settled == len(self.results)
+        return self.source_error is None and settled == len(self.results) and self.warning is None
 
     @property
     def warning(self) -> str | None:
@@ -153,8 +181,21 @@ class CancelReport:
 
     @property
     def pending(self) -> list[CancelResult]:
-        """Results whose order may still be live (failed, unknown, not_sent), once per order."""
-        return _unique(r for r in self.results if r.outcome not in _SUCCESS)
+        """Results whose order may still be live, once per order, in input order.
+
+        Those ``failed``, ``unknown`` or ``not_sent``, and under the
+        :attr:`warning` those ``not_found`` too (a wrong account id or base URL
+        leaves the real orders live): what to send again, or to check by hand.
+        """
+        if self.warning is None:
+            return _unique(r for r in self.results if r.outcome not in _SUCCESS)
+        return _unique(r for r in self.results if r.outcome not in _SETTLED_UNDER_WARNING)
+
+    @property
+    def settled(self) -> list[CancelResult]:
+        """Results whose order is certainly not live on its account: all but :attr:`pending`."""
+        live = {id(r) for r in self.pending}
+        return _unique(r for r in self.results if id(r) not in live)
 
     @property
     def activated(self) -> list[CancelResult]:
@@ -175,3 +216,79 @@ class CancelReport:
 
 def _unique(results: Iterable[CancelResult]) -> list[CancelResult]:
     return list({id(r): r for r in results}.values())
+
+
+# -- the one JSON record ---------------------------------------------------------------------
+
+
+def result_record(result: CancelResult) -> dict[str, Any]:
+    """One result as a JSON-ready dict: the one shape every writer of results uses.
+
+    ``error`` is None or ``{"type": class name, "message": str, "fields":
+    {...}}`` (:func:`~asyncstop._errors.error_to_wire`: status code, the
+    exchange's message, and so on); ``order`` is None or the order as the
+    exchange returned it (camelCase, as on the wire). ``elapsed`` is rounded
+    to the microsecond. :func:`result_from_record` rebuilds the result.
+    """
+    error, order = result.error, result.order
+    return {
+        "order_id": result.order_id,
+        "account_id": result.account_id,
+        "outcome": result.outcome.value,
+        "ok": result.ok,
+        "attempts": result.attempts,
+        "elapsed": round(result.elapsed, 6),
+        "activated": result.activated,
+        "error": None if error is None else error_to_wire(error),
+        "order": None if order is None else msgspec.to_builtins(order),
+    }
+
+
+def result_from_record(record: Mapping[str, Any]) -> CancelResult:
+    """The :class:`CancelResult` that :func:`result_record` gave ``record`` for.
+
+    Raises ``ValueError`` (``msgspec.ValidationError`` is one) for a dict that
+    is not such a record.
+    """
+    error, order = record.get("error"), record.get("order")
+    try:
+        return CancelResult(
+            order_id=record["order_id"],
+            account_id=record["account_id"],
+            outcome=CancelOutcome(record["outcome"]),
+            order=None if order is None else msgspec.convert(order, StopOrder),
+            error=None if error is None else error_from_wire(error),
+            attempts=int(record.get("attempts", 0)),
+            elapsed=float(record.get("elapsed", 0.0)),
+        )
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a result record: {err}") from None
+
+
+def report_record(report: CancelReport, *, max_ids: int | None = None) -> dict[str, Any]:
+    """A report's summary as a JSON-ready dict: counts per outcome and what may still be live.
+
+    ``pending`` and ``activated`` list ``[account_id, order_id]`` pairs (the
+    orders that may still be live, warning included, and the cancelled stops
+    that had already triggered), each cut to the first ``max_ids`` when given;
+    ``pending_count`` is always the full count. ``counts`` has every outcome.
+    ``source_error`` is ``"ClassName: message"`` or None.
+    """
+    pending = report.pending
+    activated = report.activated
+    source_error = report.source_error
+    return {
+        "orders": len(report),
+        "ok": report.ok,
+        "warning": report.warning,
+        "counts": {outcome.value: count for outcome, count in report.counts.items()},
+        "pending_count": len(pending),
+        "pending": [[r.account_id, r.order_id] for r in pending[:max_ids]],
+        "activated": [[r.account_id, r.order_id] for r in activated[:max_ids]],
+        "elapsed": round(report.elapsed, 6),
+        "source_error": (
+            None if source_error is None else f"{type(source_error).__name__}: {source_error}"
+        ),
+        "hedges_sent": report.hedges_sent,
+        "hedges_won": report.hedges_won,
+    }

@@ -340,7 +340,7 @@ def run_bulk(
     interrupted = signum is not None
     unsettled = tracker.without_result()
     if registry is not None:
-        _update_registry(registry, report, settings.account_id)
+        registry.forget_settled(report, default_account_id=settings.account_id)
     pending = [(r.account_id, r.order_id) for r in report.pending] + unsettled
 
     # The file first: it is what the operator re-runs, so it must exist even if
@@ -382,19 +382,15 @@ def run_bulk(
         print(f"{PROG}: interrupted: {len(pending)} order(s) may still be live", file=sys.stderr)
         return exit_status_for_signal(signum)
     if pending or not report.ok:
-        return EXIT_PENDING
-    if not saved:
-        return EXIT_OUTPUT
-    return EXIT_NOT_FOUND if report.warning is not None else EXIT_OK
+        return EXIT_NOT_FOUND if _only_not_found(report, unsettled) else EXIT_PENDING
+    return EXIT_OK if saved else EXIT_OUTPUT
 
 
-def _update_registry(
-    registry: StopOrderRegistry, report: CancelReport, default_account_id: str | None
-) -> None:
-    """Forget the orders no longer live; keep not_found ones when the report warns."""
-    gone = [
-        (r.order_id, r.account_id)
-        for r in report.results
-        if r.ok and (r.outcome is not CancelOutcome.NOT_FOUND or report.warning is None)
-    ]
-    registry.discard_settled_many(gone, default_account_id=default_account_id)
+def _only_not_found(report: CancelReport, unsettled: Sequence[tuple[str, str]]) -> bool:
+    """True when what may be live is only the not_found orders the report warns about."""
+    return (
+        report.warning is not None
+        and report.source_error is None
+        and not unsettled
+        and all(r.outcome is CancelOutcome.NOT_FOUND for r in report.pending)
+    )

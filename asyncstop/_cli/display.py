@@ -16,6 +16,7 @@ import msgspec
 
 from asyncstop import CancelOutcome, CancelReport, CancelResult
 
+from .._report import result_record
 from .ids import format_item
 
 if TYPE_CHECKING:
@@ -228,31 +229,12 @@ def make_progress(
     return PlainProgress(description, total, sys.stderr)
 
 
-class _JSONLine(msgspec.Struct):
-    order_id: str
-    account_id: str
-    outcome: str
-    attempts: int
-    elapsed: float
-    error: str | None
-    activated: bool
-
-
 _json_encoder: Final = msgspec.json.Encoder()
 
 
 def json_line(result: CancelResult) -> str:
-    """One order's result as a JSON Lines record."""
-    record = _JSONLine(
-        order_id=result.order_id,
-        account_id=result.account_id,
-        outcome=result.outcome.value,
-        attempts=result.attempts,
-        elapsed=round(result.elapsed, 6),
-        error=None if result.error is None else str(result.error),
-        activated=result.activated,
-    )
-    return _json_encoder.encode(record).decode()
+    """One order's result as a JSON Lines record: ``asyncstop``'s one record of a result."""
+    return _json_encoder.encode(result_record(result)).decode()
 
 
 def printable(text: str) -> str:
