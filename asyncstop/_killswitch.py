@@ -32,6 +32,7 @@ from ._constants import DEFAULT_KILL_SWITCH_HEDGE
 from ._logging import logger
 from ._registry import StopOrderRegistry
 from ._report import CancelOutcome
+from ._signals import StopSignals
 from ._validation import check_bulk_settings
 
 if TYPE_CHECKING:
@@ -94,8 +95,7 @@ class KillSwitch:
         self._on_result = on_result
         self._run: asyncio.Task[CancelReport] | None = None
         self._joiners = 0
-        self._signals: list[tuple[asyncio.AbstractEventLoop, signal.Signals]] = []
-        self._signalled: signal.Signals | None = None
+        self._signals: StopSignals | None = None
         # asyncio.Event binds to a loop only when first waited on: no loop is
         # needed to build the switch.
         self._tripped = asyncio.Event()
@@ -137,7 +137,8 @@ class KillSwitch:
         """
         self._tripped.clear()
         self._watched = False
-        self._signalled = None
+        if self._signals is not None:
+            self._signals.reset()
         self._late.clear()
 
     async def arm(self, connections: int | None = None) -> int:
@@ -311,37 +312,28 @@ class KillSwitch:
         :meth:`trigger` (then it decides): ``SystemExit(128 + signal number)``
         is raised in the loop, so ``asyncio.run()`` cancels the remaining tasks
         (their ``async with`` blocks close) and the process exits with the
-        shell's usual status. A second signal ends the process at once, by the
-        signal's default action.
-        Unix only; :meth:`remove_signal_handlers` restores the default handling.
+        shell's usual status. A signal within half a second of the first is
+        the same request (``timeout`` and systemd deliver SIGTERM twice); a
+        second signal later ends the process at once, by the signal's default
+        action. A signal the process ignores (``nohup``, a background job)
+        stays ignored. Unix only; :meth:`remove_signal_handlers` restores the
+        default handling.
         """
-        loop = asyncio.get_running_loop()
-        for sig in signals:
-            loop.add_signal_handler(sig, self._on_signal, sig)
-            self._signals.append((loop, sig))
+        self.remove_signal_handlers()
+        self._signals = StopSignals(self._on_signal, signals)
+        self._signals.install()
 
     def remove_signal_handlers(self) -> None:
         """Restore the signals' default handling."""
-        for loop, sig in self._signals:
-            if not loop.is_closed():
-                loop.remove_signal_handler(sig)
-        self._signals.clear()
+        if self._signals is not None:
+            self._signals.remove()
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        if self._signalled is not None:
-            logger.error("%s received again: exiting at once", sig.name)
-            self.remove_signal_handlers()
-            # The default action (terminate), also for SIGINT: Python's own
-            # handler would raise KeyboardInterrupt into code that may wait.
-            signal.signal(sig, signal.SIG_DFL)
-            signal.raise_signal(sig)
-            return
-        self._signalled = sig
         logger.warning("%s received: firing the kill switch", sig.name)
         self._start().add_done_callback(self._exit_after_run)
 
     def _exit_after_run(self, run: asyncio.Task[CancelReport]) -> None:
-        sig = self._signalled
+        sig = None if self._signals is None else self._signals.received
         if sig is None or self._watched or self._joiners:
             return  # the program awaits the switch: it decides when to exit
         logger.warning("kill switch run ended after %s: exiting", sig.name)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from .._signals import StopSignals
 from .common import UsageError
 
 __all__ = ["Stopped", "loop_factory", "run_coroutine", "run_until_signal"]
@@ -45,18 +45,6 @@ class Stopped(Generic[_T]):
     signum: int | None = None
 
 
-def _stopping_signals() -> list[signal.Signals]:
-    """SIGINT, SIGTERM and SIGHUP (where it exists), unless the process was told to ignore one.
-
-    ``nohup`` ignores SIGHUP and a shell ignores SIGINT for a background job: a
-    command that took them back would die where its user meant it to go on.
-    """
-    wanted = [signal.SIGINT, signal.SIGTERM]
-    if hasattr(signal, "SIGHUP"):
-        wanted.append(signal.SIGHUP)
-    return [sig for sig in wanted if signal.getsignal(sig) is not signal.SIG_IGN]
-
-
 async def run_until_signal(work: Coroutine[Any, Any, _T]) -> Stopped[_T]:
     """Run ``work`` until it ends or SIGINT, SIGTERM or SIGHUP arrives; a signal cancels it.
 
@@ -64,21 +52,21 @@ async def run_until_signal(work: Coroutine[Any, Any, _T]) -> Stopped[_T]:
     or SIGHUP, not SIGINT; each deserves the same orderly end as Ctrl-C: the
     work settles what it started (cancel_stop_orders reports every order before
     it lets a cancellation through), and the caller prints what is known.
+    A signal the process ignores (``nohup``, a background job) stays ignored;
+    a copy of the signal within half a second (``timeout`` signals the
+    command and then its group) is the same request; a second press later
+    ends the process at once.
     """
-    loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
     received: list[int] = []
 
-    def on_signal(signum: int) -> None:
-        received.append(signum)
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(int(sig))
         task.cancel()
 
-    installed = []
-    for sig in _stopping_signals():
-        # Windows has no loop signal handlers; Ctrl-C then arrives as KeyboardInterrupt.
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, on_signal, int(sig))
-            installed.append(sig)
+    handlers = StopSignals(on_signal)
+    # Windows has no loop signal handlers; Ctrl-C then arrives as KeyboardInterrupt.
+    handlers.install(required=False)
     try:
         return Stopped(await task)
     except asyncio.CancelledError:
@@ -87,5 +75,4 @@ async def run_until_signal(work: Coroutine[Any, Any, _T]) -> Stopped[_T]:
             return Stopped(None, received[0])
         raise
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        handlers.remove()

@@ -27,14 +27,14 @@ import logging
 import os
 import signal
 import sqlite3
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from .._logging import RedactingFilter, logger, setup_logging_from_env
+from .._logging import install_stderr_handler, logger, setup_logging_from_env
+from .._signals import StopSignals
 from ._protocol import (
     CHUNK,
     LINE_LIMIT,
@@ -312,11 +312,10 @@ def _outlive(sig: signal.Signals) -> None:
 
 
 async def _serve() -> int:
-    loop = asyncio.get_running_loop()
     # A service manager stopping the bot (systemd, `docker stop`) signals every
     # process of the unit at once: the watchdog must outlive the bot, not die with it.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, _outlive, sig)
+    # Its copies of one stop (the unit, then the group) are logged once.
+    StopSignals(_outlive, second_press="call").install()
     pipe = await _open_pipe()
     try:
         first = await pipe.reader.readline()
@@ -337,18 +336,11 @@ def main() -> int:
     """Run the watchdog process until it is disarmed or has fired; return its exit status."""
     # ASYNCSTOP_LOG (inherited from the bot) may ask for INFO or DEBUG; otherwise
     # warnings and errors (firing, its outcome) go to the bot's stderr.
+    install_stderr_handler(
+        logging.WARNING,
+        fmt=f"%(asctime)s asyncstop-watchdog[{os.getpid()}] %(levelname)s %(message)s",
+    )
     setup_logging_from_env()
-    # The logger always carries the library's NullHandler: look for a real one.
-    if all(isinstance(h, logging.NullHandler) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter(
-                f"%(asctime)s asyncstop-watchdog[{os.getpid()}] %(levelname)s %(message)s"
-            )
-        )
-        handler.addFilter(RedactingFilter())
-        logger.addHandler(handler)
-        logger.setLevel(logging.WARNING)
     return asyncio.run(_serve())
 
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import secrets
-import signal
 import sys
 from pathlib import Path
 from typing import Final, TextIO
 
 from .._argtypes import count, fraction, positive_float
+from .._signals import StopSignals, stop_signals
 from ._exchange import FakeExchange
 from ._faults import Faults
 
@@ -167,13 +166,9 @@ async def serve_forever(
     """
     out = out if out is not None else sys.stdout
     stop = stop if stop is not None else asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled: list[signal.Signals] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        # Windows has no loop signal handlers; Ctrl-C then arrives as KeyboardInterrupt.
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-            handled.append(signum)
+    handlers = StopSignals(lambda _sig: stop.set(), stop_signals(hangup=False))
+    # Windows has no loop signal handlers; Ctrl-C then arrives as KeyboardInterrupt.
+    handlers.install(required=False)
     try:
         async with exchange:
             id_lines = [f"{order.account_id},{oid}\n" for oid, order in exchange.orders.items()]
@@ -192,8 +187,7 @@ async def serve_forever(
             sys.stderr.write("Serving; stop with Ctrl-C or SIGTERM.\n")
             await stop.wait()
     finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
+        handlers.remove()
 
 
 def run_fake_exchange(args: argparse.Namespace) -> int:
