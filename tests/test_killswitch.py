@@ -15,9 +15,9 @@ import pytest
 
 import asyncstop
 from asyncstop import CancelOutcome, KillSwitch, StopOrderRegistry
-from asyncstop.testing import FakeExchange, Fault, Faults
+from asyncstop.testing import FakeExchange, Fault, Faults, wait_until
 
-from .helpers import ACCOUNT, TOKEN, ClientFactory, client_tasks
+from .helpers import ACCOUNT, TOKEN, WAIT_LIMIT, ClientFactory, client_tasks
 
 
 async def test_trigger_cancels_every_registered_order_and_empties_the_registry(
@@ -76,9 +76,7 @@ async def test_cancelling_the_only_trigger_cancels_the_run(
     exchange.faults = Faults(hang=1.0)
     switch = KillSwitch(client, StopOrderRegistry(ids))
     task = asyncio.create_task(switch.trigger())
-    async with asyncio.timeout(5):
-        while exchange.in_flight == 0:
-            await asyncio.sleep(0.005)
+    await wait_until(lambda: exchange.in_flight > 0, timeout=WAIT_LIMIT)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -122,9 +120,7 @@ async def test_a_signal_fires_the_switch(
     switch.install_signal_handlers()
     try:
         os.kill(os.getpid(), signal.SIGTERM)
-        async with asyncio.timeout(5):
-            while not switch.running:
-                await asyncio.sleep(0.001)
+        await wait_until(lambda: switch.running, timeout=WAIT_LIMIT)
         report = await switch.trigger()
     finally:
         switch.remove_signal_handlers()
@@ -225,9 +221,10 @@ async def test_a_tripped_switch_cancels_orders_added_afterwards_until_reset(
     assert switch.tripped
     for order_id in late:
         registry.add(order_id)
-    async with asyncio.timeout(5):
-        while exchange.open_stop_orders() & set(late) or len(registry):
-            await asyncio.sleep(0.005)
+    await wait_until(
+        lambda: not exchange.open_stop_orders() & set(late) and not len(registry),
+        timeout=WAIT_LIMIT,
+    )
     switch.reset()
     assert not switch.tripped
     for order_id in after_reset:
