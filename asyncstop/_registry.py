@@ -18,14 +18,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal, Self
 
-from ._errors import InvalidInputError
+from ._errors import InvalidInputError, WatchdogError
 from ._logging import logger
 from ._validation import check_account_id, check_order_id
 
 if TYPE_CHECKING:
     from ._report import CancelReport, CancelResult, OrderItem
 
-__all__ = ["DEFAULT_BUSY_TIMEOUT", "StopOrderRegistry", "Synchronous"]
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT",
+    "StopOrderRegistry",
+    "Synchronous",
+    "fence",
+    "fence_reason",
+    "unfence",
+]
 
 #: How ``StopOrderRegistry.open`` syncs each commit: NORMAL survives a killed
 #: process, FULL also survives a power loss of the host.
@@ -35,8 +42,8 @@ Synchronous = Literal["NORMAL", "FULL"]
 #: before an operation raises ``sqlite3.OperationalError`` ("database is locked").
 DEFAULT_BUSY_TIMEOUT: Final = 5.0
 
-#: Bumped when the table changes; a file with another version is refused.
-_SCHEMA_VERSION: Final = 1
+#: Bumped when the tables change; an older file is upgraded in place, a newer one refused.
+_SCHEMA_VERSION: Final = 2
 # The client's own account is stored as "" (an account id is never empty), so
 # that the UNIQUE constraint also holds for orders registered without one.
 _SCHEMA: Final = """
@@ -47,6 +54,16 @@ CREATE TABLE IF NOT EXISTS stop_orders (
     UNIQUE (account_id, order_id)
 )
 """
+# Version 2: a protective flag per stop (left live by a watchdog firing on a
+# death), and the fence a watchdog puts up when it fires by itself: add()
+# refuses while it stands, until a new watchdog takes it down.
+_UPGRADE_TO_2: Final = (
+    "ALTER TABLE stop_orders ADD COLUMN protective INTEGER NOT NULL DEFAULT 0",
+    """CREATE TABLE IF NOT EXISTS watchdog_fence (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    reason TEXT NOT NULL
+)""",
+)
 
 #: A callable told of every order added to a registry (see ``add_listener``).
 AddListener = Callable[["OrderItem"], object]
@@ -78,6 +95,11 @@ class StopOrderRegistry:
     own account) and ``add("A1", account_id="acc-2")`` are two entries, and
     ``item in registry`` takes the same items as :meth:`snapshot` returns.
 
+    A stop added with ``protective=True`` guards an open position (a
+    stop-loss): a :class:`~asyncstop.Watchdog` that fires because the bot died
+    leaves it live (unless ``cancel_protective_on_death=True``), while a
+    deliberate kill switch cancels it (unless ``include_protective=False``).
+
     ``StopOrderRegistry()`` lives in memory and dies with the process.
     :meth:`open` returns one kept in an SQLite file, which survives the bot and
     which a :class:`~asyncstop.Watchdog` reads from its own process. Both are
@@ -88,8 +110,9 @@ class StopOrderRegistry:
     __slots__ = ("_listeners", "_orders")
 
     def __init__(self, orders: Iterable[OrderItem] = ()) -> None:
-        # (account id or None for the client's account, order id), in the order added
-        self._orders: dict[tuple[str | None, str], None] = {}
+        # (account id or None for the client's account, order id) -> protective,
+        # in the order added
+        self._orders: dict[tuple[str | None, str], bool] = {}
         self._listeners: list[AddListener] = []
         for item in orders:
             account_id, order_id = _checked_item(item)
@@ -117,8 +140,8 @@ class StopOrderRegistry:
 
     # -- storage (the durable registry overrides these) ------------------------------------
 
-    def _store(self, account_id: str | None, order_id: str) -> None:
-        self._orders[(account_id, order_id)] = None
+    def _store(self, account_id: str | None, order_id: str, protective: bool = False) -> None:
+        self._orders[(account_id, order_id)] = protective
 
     def _remove(self, account_id: str | None, order_id: str) -> None:
         self._orders.pop((account_id, order_id), None)
@@ -129,6 +152,11 @@ class StopOrderRegistry:
 
     def _keys(self) -> list[tuple[str | None, str]]:
         return list(self._orders)
+
+    def _entries(self) -> list[tuple[str | None, str, bool]]:
+        return [
+            (account_id, order_id, flag) for (account_id, order_id), flag in self._orders.items()
+        ]
 
     def _has(self, account_id: str | None, order_id: str) -> bool:
         return (account_id, order_id) in self._orders
@@ -143,16 +171,25 @@ class StopOrderRegistry:
         """The SQLite file of a durable registry; None in memory."""
         return None
 
-    def add(self, order_id: str, *, account_id: str | None = None) -> None:
+    def add(
+        self, order_id: str, account_id: str | None = None, *, protective: bool = False
+    ) -> None:
         """Record a live stop order; ``account_id`` None means the client's own account.
 
-        Raises :class:`~asyncstop.InvalidInputError` for an id that could never
-        be cancelled (not a str, empty, or unsafe in a URL or a header).
+        ``protective=True`` marks a stop that guards an open position (see the
+        class docstring); adding an order again updates its flag. Raises
+        :class:`~asyncstop.InvalidInputError` for an id that could never be
+        cancelled (not a str, empty, or unsafe in a URL or a header), and, on a
+        durable registry whose watchdog fired by itself,
+        :class:`~asyncstop.WatchdogError` until ``await watchdog.restart()``:
+        nothing protects a stop added then.
         """
         check_order_id(order_id)
         if account_id is not None:
             check_account_id(account_id)
-        self._store(account_id, order_id)
+        if not isinstance(protective, bool):
+            raise InvalidInputError(f"protective must be a bool, not {type(protective).__name__}")
+        self._store(account_id, order_id, protective)
         if self._listeners:
             item = _item(account_id, order_id)
             for listener in list(self._listeners):
@@ -211,9 +248,23 @@ class StopOrderRegistry:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def snapshot(self) -> list[OrderItem]:
-        """The registered orders as bulk-cancel items, in the order they were added."""
-        return [_item(account_id, order_id) for account_id, order_id in self._keys()]
+    def snapshot(self, *, protective: bool | None = None) -> list[OrderItem]:
+        """The registered orders as bulk-cancel items, in the order they were added.
+
+        ``protective=True`` lists only the protective stops, ``False`` only the
+        others, None (the default) all of them.
+        """
+        if protective is None:
+            return [_item(account_id, order_id) for account_id, order_id in self._keys()]
+        return [
+            _item(account_id, order_id)
+            for account_id, order_id, flag in self._entries()
+            if flag is protective
+        ]
+
+    def stops(self) -> list[tuple[str | None, str, bool]]:
+        """Every registered stop as ``(account_id or None, order_id, protective)``, in order."""
+        return self._entries()
 
     def __contains__(self, item: object) -> bool:
         try:
@@ -290,11 +341,22 @@ class _DurableRegistry(StopOrderRegistry):
             raise RuntimeError(f"the registry {str(self._path)!r} is closed")
         return conn
 
-    def _store(self, account_id: str | None, order_id: str) -> None:
-        self._db().execute(
-            "INSERT OR IGNORE INTO stop_orders (account_id, order_id) VALUES (?, ?)",
-            (account_id or "", order_id),
+    def _store(self, account_id: str | None, order_id: str, protective: bool = False) -> None:
+        # One statement, as cheap as a plain insert: it writes nothing while a
+        # watchdog's fence stands, and only then is the fence read again.
+        cursor = self._db().execute(
+            "INSERT INTO stop_orders (account_id, order_id, protective) "
+            "SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM watchdog_fence) "
+            "ON CONFLICT (account_id, order_id) DO UPDATE SET protective = excluded.protective",
+            (account_id or "", order_id, int(protective)),
         )
+        if cursor.rowcount == 0:
+            reason = fence_reason(self)
+            if reason is not None:
+                raise WatchdogError(
+                    f"stop order {order_id!r} not registered: {reason}. Nothing protects new "
+                    "stops; `await watchdog.restart()` arms a new watchdog"
+                )
 
     def _remove(self, account_id: str | None, order_id: str) -> None:
         self._db().execute(
@@ -319,6 +381,12 @@ class _DurableRegistry(StopOrderRegistry):
     def _keys(self) -> list[tuple[str | None, str]]:
         rows = self._db().execute("SELECT account_id, order_id FROM stop_orders ORDER BY seq")
         return [(account_id or None, order_id) for account_id, order_id in rows]
+
+    def _entries(self) -> list[tuple[str | None, str, bool]]:
+        rows = self._db().execute(
+            "SELECT account_id, order_id, protective FROM stop_orders ORDER BY seq"
+        )
+        return [(account_id or None, order_id, bool(flag)) for account_id, order_id, flag in rows]
 
     def _has(self, account_id: str | None, order_id: str) -> bool:
         row = self._db().execute(
@@ -363,12 +431,16 @@ def _prepare(conn: sqlite3.Connection, synchronous: Synchronous) -> None:
         )
     conn.execute(f"PRAGMA synchronous={synchronous}")
     (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version == 0:
+    if version < _SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version == 0:
                 conn.execute(_SCHEMA)
+            if version in (0, 1):
+                # An 0.2 file keeps its rows: they gain protective = 0.
+                for statement in _UPGRADE_TO_2:
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -381,3 +453,30 @@ def _prepare(conn: sqlite3.Connection, synchronous: Synchronous) -> None:
             "it was written by another version of asyncstop or is not a registry"
         )
     logger.debug("registry opened (WAL, synchronous=%s)", synchronous)
+
+
+# -- the watchdog's fence (used by asyncstop._watchdog) ----------------------------------------
+
+
+def fence(registry: StopOrderRegistry, reason: str) -> None:
+    """Make ``add()`` on every handle of this durable registry raise WatchdogError(reason)."""
+    if isinstance(registry, _DurableRegistry):
+        registry._db().execute(
+            "INSERT INTO watchdog_fence (id, reason) VALUES (1, ?) "
+            "ON CONFLICT (id) DO UPDATE SET reason = excluded.reason",
+            (reason,),
+        )
+
+
+def unfence(registry: StopOrderRegistry) -> None:
+    """Take the fence down: a new watchdog protects the registry's stops again."""
+    if isinstance(registry, _DurableRegistry):
+        registry._db().execute("DELETE FROM watchdog_fence")
+
+
+def fence_reason(registry: StopOrderRegistry) -> str | None:
+    """Why ``add()`` is refused (a watchdog fired by itself), or None."""
+    if not isinstance(registry, _DurableRegistry):
+        return None
+    row = registry._db().execute("SELECT reason FROM watchdog_fence").fetchone()
+    return None if row is None else str(row[0])
