@@ -14,17 +14,13 @@ from typing import Final
 
 from asyncstop import RateLimitError
 
-from .._logging import RedactingFilter
+from .._logging import install_stderr_handler, stderr_handler
 from .common import PROG
 
 __all__ = ["CLILogging", "setup_logging"]
 
 #: Records of one template that ``-v`` shows before it only counts them.
 REPEATS_SHOWN: Final = 5
-
-
-class _CLIHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The stderr handler installed by -v, told apart from any other."""
 
 
 class _RepeatLimit(logging.Filter):
@@ -69,24 +65,17 @@ class CLILogging:
         self._log = logging.getLogger("asyncstop")
         self._previous_level = self._log.level
         self._counter = _RateLimitCounter()
+        self._log.addHandler(self._counter)
         self._limit: _RepeatLimit | None = None
-        self._handlers: list[logging.Handler] = [self._counter]
-        if verbosity <= 0:
-            # Without a handler, Python's last-resort handler would print warnings
-            # (the kill switch logs one when it fires) into the command's output.
-            self._handlers.append(logging.NullHandler())
-        else:
-            stream = _CLIHandler(sys.stderr)
-            stream.setFormatter(
-                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-            )
-            stream.addFilter(RedactingFilter())
+        self._stderr: logging.Handler | None = None
+        # The library's own stderr handler (ASYNCSTOP_LOG's too: never two of them).
+        if verbosity > 0:
+            installed = stderr_handler() is None
+            handler = install_stderr_handler(logging.DEBUG if verbosity > 1 else logging.INFO)
             if verbosity == 1:
                 self._limit = _RepeatLimit(REPEATS_SHOWN)
-                stream.addFilter(self._limit)
-            self._handlers.append(stream)
-        for handler in self._handlers:
-            self._log.addHandler(handler)
+                handler.addFilter(self._limit)
+            self._stderr = handler if installed else None
         # INFO at least, so that the 429 counter sees the retry records.
         self._log.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
 
@@ -104,8 +93,12 @@ class CLILogging:
                     "-vv shows every one",
                     file=sys.stderr,
                 )
-        for handler in self._handlers:
-            self._log.removeHandler(handler)
+        handler = stderr_handler()
+        if handler is not None and self._limit is not None:
+            handler.removeFilter(self._limit)
+        if self._stderr is not None:
+            self._log.removeHandler(self._stderr)
+        self._log.removeHandler(self._counter)
         self._log.setLevel(self._previous_level)
 
 
