@@ -24,7 +24,7 @@ import pytest
 
 import asyncstop
 from asyncstop import StopOrderRegistry, Watchdog, WatchdogError
-from asyncstop.testing import FakeExchange, Faults
+from asyncstop.testing import FakeExchange, Faults, wait_until
 
 from .helpers import ACCOUNT, TOKEN
 
@@ -309,9 +309,7 @@ async def test_a_killed_watchdog_is_noticed_and_can_be_restarted(
         first_pid = watchdog.pid
         assert first_pid is not None
         os.kill(first_pid, signal.SIGKILL)
-        async with asyncio.timeout(30):
-            while watchdog.alive:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: not watchdog.alive, timeout=30)
         gone = [r for r in caplog.records if r.levelno == logging.ERROR and "gone" in r.message]
         assert len(gone) == 1
         assert str(first_pid) in gone[0].message
@@ -457,9 +455,9 @@ async def test_a_failing_token_provider_is_reported_ahead_of_the_expiry(
 
     caplog.set_level(logging.WARNING, logger="asyncstop")
     async with _watchdog(exchange, registry, token=provider, deadline=2.0) as watchdog:
-        async with asyncio.timeout(30):
-            while not [r for r in caplog.records if "token provider raised" in r.message]:
-                await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: any("token provider raised" in r.message for r in caplog.records), timeout=30
+        )
         assert watchdog.alive
     warning = next(r for r in caplog.records if "token provider raised" in r.message)
     assert warning.levelno == logging.WARNING
