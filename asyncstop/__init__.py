@@ -15,7 +15,7 @@ The layers, each importing only those below it (``tests/test_layers.py``)::
     _bulk, _hedge                  lanes, jobs, settling into a report; backup requests
     _attempt                       one order across its attempts, one Deadline rule
     _transport, _account, _auth,   one request -> StopOrder or APIError; 429 pause,
-    _retry                         slow start, pacing; the token; when to retry
+    _retry, _signals               slow start, pacing; the token; when to retry; signals
     _report, _models, _errors,     outcomes and reports; wire types; the error tree;
     _validation, _logging,         every input rule; the logger; named defaults
     _constants
