@@ -16,6 +16,12 @@ Signals (``install_signal_handlers``), the pattern a bot follows::
 
 A program that does not wait on the switch still exits on the first signal,
 once the run has ended; a second signal ends the process at once.
+
+Every task the switch starts has an owner that waits for it. A run started by
+``trigger()`` is awaited by its callers (and cancelled with the last of them).
+A run started by a signal, and the cancels of orders added to the registry
+after the switch fired, are owned by the switch until :meth:`KillSwitch.aclose`
+(or the end of ``async with KillSwitch(...)``), which waits for them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import signal
 import sqlite3
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
 
 from ._constants import DEFAULT_KILL_SWITCH_HEDGE
 from ._logging import logger
@@ -69,6 +76,11 @@ class KillSwitch:
     Once fired, the switch is *tripped* until :meth:`reset`: an order added to
     its registry from then on is cancelled as it comes (a bot that goes on
     placing stops after the emergency does not leave them live).
+
+    The switch owns the tasks it starts without a caller to await them (a run a
+    signal started, the cancels of orders added after it fired):
+    :meth:`aclose`, or leaving ``async with KillSwitch(...)``, waits for them
+    and detaches the switch from its registry and the signals.
     """
 
     def __init__(
@@ -102,14 +114,16 @@ class KillSwitch:
         self._watched = False
         self._late: list[OrderItem] = []
         self._settled: list[tuple[str, str]] = []
-        # not_found results leave the registry only if their run's report does not
-        # warn that most orders were not found (a wrong account id or base URL).
-        self._not_found: list[tuple[str, str]] = []
         self._late_run: asyncio.Task[None] | None = None
+        # Every task the switch started and that has not ended: aclose() waits for them.
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
         #: The report of the latest finished run that had orders, or None.
         self.last_report: CancelReport | None = None
+        self._listener: Callable[[OrderItem], None] | None = None
         if isinstance(source, StopOrderRegistry):
-            source.add_listener(_weak_listener(self))
+            self._listener = _weak_listener(self)
+            source.add_listener(self._listener)
 
     @property
     def running(self) -> bool:
@@ -161,6 +175,8 @@ class KillSwitch:
         (its orders are settled as ``unknown`` or ``not_sent``); nothing is left
         running once the last caller has returned.
         """
+        if self._closed:
+            raise RuntimeError("the kill switch is closed: build a new KillSwitch to fire again")
         run = self._start()
         self._joiners += 1
         try:
@@ -173,11 +189,55 @@ class KillSwitch:
         finally:
             self._joiners -= 1
 
+    async def aclose(self) -> None:
+        """Wait for the switch's own tasks to end, then detach it from its registry and signals.
+
+        A run that is going, and the cancels of orders added after the switch
+        fired, end within the switch's deadline. If ``aclose()`` is cancelled,
+        it cancels them (their orders end ``unknown`` or ``not_sent``), waits
+        for them, and lets the cancellation through. Afterwards ``trigger()``
+        raises ``RuntimeError`` and orders added to the registry stay live.
+        Idempotent.
+        """
+        self._closed = True
+        if self._listener is not None and isinstance(self.source, StopOrderRegistry):
+            self.source.remove_listener(self._listener)
+            self._listener = None
+        try:
+            while going := {task for task in self._tasks if not task.done()}:
+                await asyncio.wait(going)
+        except asyncio.CancelledError:
+            going = {task for task in self._tasks if not task.done()}
+            for task in going:
+                task.cancel()
+            if going:
+                await asyncio.wait(going)
+            raise
+        finally:
+            self.remove_signal_handlers()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _own(self, task: asyncio.Task[Any]) -> None:
+        """Keep ``task`` until it ends, for aclose() to wait for."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _start(self) -> asyncio.Task[CancelReport]:
         if self._run is None or self._run.done():
             self._run = asyncio.get_running_loop().create_task(
                 self._cancel_all(), name="asyncstop-kill-switch"
             )
+            self._own(self._run)
             self._run.add_done_callback(_log_failed_run)
         self._tripped.set()
         return self._run
@@ -193,8 +253,7 @@ class KillSwitch:
             on_result=self._result_in,
             hedge=self.hedge,
         )
-        self._forget_settled()
-        self._forget_not_found(report)
+        self._forget(report)
         if len(report) or self.last_report is None:
             self.last_report = report
         logger.warning("kill switch done: %r", report)
@@ -217,9 +276,12 @@ class KillSwitch:
         return produced
 
     def _result_in(self, result: CancelResult) -> None:
-        if result.outcome is CancelOutcome.NOT_FOUND:
-            self._not_found.append((result.order_id, result.account_id))
-        elif result.ok and isinstance(self.source, StopOrderRegistry):
+        # not_found waits for the report: under its warning, those orders may be live.
+        if (
+            result.ok
+            and result.outcome is not CancelOutcome.NOT_FOUND
+            and isinstance(self.source, StopOrderRegistry)
+        ):
             if not self._settled:
                 # The results of one loop pass leave the registry together: one
                 # transaction for a durable registry, not one per order.
@@ -240,22 +302,28 @@ class KillSwitch:
                 "could not remove %d settled orders from the registry: %s", len(settled), err
             )
 
-    def _forget_not_found(self, report: CancelReport) -> None:
-        not_found, self._not_found = self._not_found, []
-        if not not_found or not isinstance(self.source, StopOrderRegistry):
+    def _forget(self, report: CancelReport) -> None:
+        """Forget what the run settled; not_found orders only if its report does not warn."""
+        self._forget_settled()
+        registry = self.source
+        if not isinstance(registry, StopOrderRegistry):
             return
+        not_found = report.counts[CancelOutcome.NOT_FOUND]
         if report.warning is not None:
             logger.warning(
-                "%d order(s) not found stay in the registry: %s", len(not_found), report.warning
+                "%d order(s) not found stay in the registry: %s", not_found, report.warning
             )
-            return
-        self._settled.extend(not_found)
-        self._forget_settled()
+        if not not_found:
+            return  # the rest left the registry as their results came in
+        try:
+            registry.forget_settled(report, default_account_id=self.client.account_id)
+        except (sqlite3.Error, RuntimeError) as err:
+            logger.error("could not remove settled orders from the registry: %s", err)
 
     # -- orders added after the switch fired ------------------------------------------------
 
     def _order_added(self, item: OrderItem) -> None:
-        if not self._tripped.is_set():
+        if not self._tripped.is_set() or self._closed:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -271,6 +339,7 @@ class KillSwitch:
             self._late_run = loop.create_task(
                 self._cancel_late(), name="asyncstop-kill-switch-late"
             )
+            self._own(self._late_run)
 
     async def _cancel_late(self) -> None:
         while self._late and self._tripped.is_set():
@@ -295,8 +364,7 @@ class KillSwitch:
                     exc_info=err,
                 )
                 return
-            self._forget_settled()
-            self._forget_not_found(report)
+            self._forget(report)
             logger.warning("late cancels done: %r", report)
 
     # -- signals ----------------------------------------------------------------------------

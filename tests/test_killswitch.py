@@ -275,7 +275,7 @@ async def test_arm_warms_the_connections_ahead_of_the_emergency(
     assert await switch.arm(4) == 4
     warm = [e for e in exchange.journal if e.outcome == "warm_up"]
     assert len(warm) == 4
-    assert not [e for e in exchange.journal if e.method == "DELETE"]
+    assert not exchange.requests("DELETE")
     assert exchange.open_stop_orders() == set(ids)
 
 
@@ -349,3 +349,94 @@ def test_a_switch_firing_prints_nothing_when_the_application_has_no_logging() ->
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
+
+
+# -- the tasks the switch owns ------------------------------------------------------------------
+
+
+async def test_aclose_waits_for_the_late_cancels_the_switch_started(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """An order added after the switch fired is cancelled by the time aclose() returns."""
+    first, late = (
+        exchange.add_stop_orders(3, account_id=ACCOUNT),
+        exchange.add_stop_orders(3, account_id=ACCOUNT),
+    )
+    registry = StopOrderRegistry(first)
+    async with KillSwitch(client, registry) as switch:
+        await switch.trigger()
+        exchange.faults = Faults(latency=0.2)
+        for order_id in late:
+            registry.add(order_id)
+        assert client_tasks() != []  # the late cancels are going, owned by the switch
+    assert client_tasks() == []
+    assert not exchange.open_stop_orders()
+    assert len(registry) == 0
+
+
+async def test_a_run_a_signal_started_is_awaited_by_aclose(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """A run nobody joined (started by a signal) has ended with its orders cancelled at aclose()."""
+    ids = exchange.add_stop_orders(10, account_id=ACCOUNT)
+    exchange.faults = Faults(latency=0.5)
+    switch = KillSwitch(client, StopOrderRegistry(ids))
+    switch.install_signal_handlers()
+    # The program watches the switch: it exits by itself, not when the run ends.
+    watching = asyncio.create_task(switch.wait_tripped())
+    os.kill(os.getpid(), signal.SIGTERM)
+    await watching
+    assert switch.running
+    await switch.aclose()
+    assert not switch.running
+    assert client_tasks() == []
+    assert not exchange.open_stop_orders()
+
+
+async def test_cancelling_aclose_cancels_the_switchs_tasks_and_leaves_none(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """aclose() cancelled while its late cancels hang: they are cancelled and awaited, none left."""
+    registry = StopOrderRegistry(exchange.add_stop_orders(2, account_id=ACCOUNT))
+    switch = KillSwitch(client, registry, deadline=None)
+    await switch.trigger()
+    exchange.faults = Faults(hang=1.0)
+    registry.add(exchange.add_stop_orders(1, account_id=ACCOUNT)[0])
+    await wait_until(lambda: exchange.in_flight > 0, timeout=WAIT_LIMIT)
+    closing = asyncio.create_task(switch.aclose())
+    await asyncio.sleep(0.05)
+    assert not closing.done()
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert client_tasks() == []
+
+
+async def test_a_closed_switch_refuses_to_fire_and_leaves_new_orders_alone(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """After aclose(), trigger() raises RuntimeError and an added order is not cancelled."""
+    registry = StopOrderRegistry(exchange.add_stop_orders(2, account_id=ACCOUNT))
+    switch = KillSwitch(client, registry)
+    await switch.trigger()
+    await switch.aclose()
+    await switch.aclose()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        await switch.trigger()
+    added = exchange.add_stop_orders(1, account_id=ACCOUNT)[0]
+    registry.add(added)
+    assert client_tasks() == []
+    assert added in exchange.open_stop_orders()
+
+
+async def test_under_the_warning_the_switch_reports_not_found_orders_pending(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
+    """Aimed at the wrong account: report.ok is False and every order is pending and registered."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    registry = StopOrderRegistry(ids)
+    client = await make_client(account_id="acc-wrong")
+    report = await KillSwitch(client, registry).trigger()
+    assert not report.ok
+    assert sorted(r.order_id for r in report.pending) == sorted(ids)
+    assert sorted(registry.snapshot()) == sorted(ids)
