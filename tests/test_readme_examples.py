@@ -1,7 +1,10 @@
-"""Every code example in README.md runs as written, against a fake exchange.
+"""Every code example in README.md and in docs/*.md runs as written, against a fake exchange.
 
-The README is read when the tests are collected, so its examples are tested
-as they are today, whoever edits it. The conventions, for whoever does:
+The README and every Markdown file in ``docs/`` are read when the tests are
+collected, so their examples are tested as they are today, whoever edits them,
+and a new file in ``docs/`` is covered without a change here. Each file is read
+on its own: "earlier block" below means an earlier block of the same file. The
+conventions, for whoever writes one:
 
 ``python`` blocks
   Each block is one test. It runs in a fresh Python process (``python -W error``,
@@ -25,7 +28,11 @@ as they are today, whoever edits it. The conventions, for whoever does:
         the id of a live stop order (on the account it is used with, as below);
     ``get_fresh_jwt``
         an async callable returning the fake exchange's token;
-    any function or class an earlier block defines at top level
+    ``token.txt``
+        a file in the working directory holding that token, as
+        ``--token-file`` reads it (so a block may define its own provider
+        that reads it);
+    any function or class an earlier block of the same file defines at top level
         (so ``runner.run(run_bot())`` runs the README's ``run_bot``). It runs
         with its own block's imports; imports are not carried over.
 
@@ -43,6 +50,8 @@ as they are today, whoever edits it. The conventions, for whoever does:
     ``preflight()`` finds it among the token's accounts.
   - To leave a block out, put ``<!-- readme-example: skip REASON -->`` on the
     line before its opening fence; the test reports it skipped, with the reason.
+    Use it sparingly: a block that cannot run here is better shown as a shell
+    block, or changed until it can.
 
 ``sh``, ``bash``, ``shell`` and ``console`` blocks (in ``console``, only lines starting ``$ ``)
   Each block shows at least one command (show bare output as ``text``).
@@ -54,10 +63,16 @@ as they are today, whoever edits it. The conventions, for whoever does:
   program must be on PATH (``python3 -m venv``, ``.``, ``cd`` and ``export`` are
   taken as given).
 
+  Text for another machine, whose programs need not exist here (``systemctl``,
+  ``docker``, ``journalctl``), is marked in its info string: ````` ```sh not-here `````.
+  The mark is for shell blocks only (a Python or JSON block so marked fails),
+  and its block's commands are not checked.
+
 ``json`` blocks
   Parse as JSON, or as JSON Lines.
 
-Other blocks (``text``, none) are output or pictures, and are not checked.
+Other blocks (``text``, ``ini`` for a systemd unit, none) are output or
+pictures, and are not checked.
 """
 
 from __future__ import annotations
@@ -83,13 +98,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 TOKEN = "readme.example.token"
 ACCOUNT = "acc-1"
 GIVEN_ORDER_ID = "01KEXAMP1E0RDER0000000000Z"
 EXAMPLE_HOST = re.compile(r"https?://[A-Za-z0-9.-]+\.example(?::\d+)?(?=[/\"'])")
 ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 SKIP = re.compile(r"<!--\s*readme-example:\s*skip\b\s*(.*?)\s*-->")
-FENCE = re.compile(r"^```([\w+-]*)[^`]*$")
+FENCE = re.compile(r"^```([\w+-]*)([^`]*)$")
+#: The info-string word that marks a shell block as text for another machine.
+NOT_HERE = "not-here"
 SHELL_LANGUAGES = {"sh", "bash", "shell", "console"}
 #: Shell words that need no check: standard tools and shell builtins.
 GIVEN_PROGRAMS = {".", "source", "cd", "export"}
@@ -98,21 +116,27 @@ EXAMPLE_TIMEOUT = 45.0
 
 @dataclass(frozen=True)
 class Block:
-    """One fenced code block of the README."""
+    """One fenced code block of the README or of a file in docs/."""
 
     language: str
     source: str
-    line: int  #: the README line of the block's first line of code
+    line: int  #: the file's line of the block's first line of code
     heading: str
     skip: str | None
+    file: str = "README.md"  #: relative to the repository
+    not_here: bool = False  #: marked ``not-here`` in its info string
 
     @property
     def test_id(self) -> str:
         slug = re.sub(r"[^a-z0-9]+", "-", self.heading.lower()).strip("-")
-        return f"L{self.line}-{slug}"
+        return f"{self.file}-L{self.line}-{slug}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.file} line {self.line}"
 
 
-def read_blocks(text: str) -> list[Block]:
+def read_blocks(text: str, file: str = "README.md") -> list[Block]:
     """Every fenced block of a Markdown text, with its line and the heading above it."""
     blocks: list[Block] = []
     heading = ""
@@ -138,13 +162,24 @@ def read_blocks(text: str) -> list[Block]:
                 line=index + 2,
                 heading=heading,
                 skip=(skip.group(1) or "marked skip") if skip else None,
+                file=file,
+                not_here=NOT_HERE in fence.group(2).split(),
             )
         )
         index = end + 1
     return blocks
 
 
-BLOCKS = read_blocks(README.read_text(encoding="utf-8"))
+def documents() -> list[Path]:
+    """The README and every Markdown file in docs/, in a fixed order."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+BLOCKS = [
+    block
+    for path in documents()
+    for block in read_blocks(path.read_text(encoding="utf-8"), path.relative_to(ROOT).as_posix())
+]
 
 
 def _blocks(*languages: str) -> list[Any]:
@@ -155,7 +190,7 @@ def _blocks(*languages: str) -> list[Any]:
 
 def _skip_if_marked(block: Block) -> None:
     if block.skip is not None:
-        pytest.skip(f"README.md line {block.line}: {block.skip}")
+        pytest.skip(f"{block.where}: {block.skip}")
 
 
 # -- python blocks -----------------------------------------------------------------------------
@@ -233,12 +268,18 @@ def _keyword_str(call: ast.Call, name: str) -> str | None:
 
 @pytest.mark.parametrize("block", _blocks("python"))
 async def test_python_example_runs(block: Block, tmp_path: Path) -> None:
-    """The README's Python example runs to the end against a fake exchange, as written."""
+    """The README's or docs' Python example runs to the end against a fake exchange, as written."""
     from asyncstop.testing import FakeExchange
 
+    assert not block.not_here, f"{block.where}: only shell blocks may be marked {NOT_HERE}"
     _skip_if_marked(block)
     earlier = [
-        b for b in BLOCKS if b.language == "python" and b.line < block.line and b.skip is None
+        b
+        for b in BLOCKS
+        if b.file == block.file
+        and b.language == "python"
+        and b.line < block.line
+        and b.skip is None
     ]
     async with FakeExchange(tokens={TOKEN}, seed=1) as exchange:
 
@@ -260,12 +301,14 @@ async def test_python_example_runs(block: Block, tmp_path: Path) -> None:
         spec = {
             "source": source,
             "line": block.line,
+            "file": block.file,
             "definitions": definitions,
             "base_url": exchange.base_url,
             "token": TOKEN,
             "account_id": ACCOUNT,
             "order_id": GIVEN_ORDER_ID,
         }
+        (tmp_path / "token.txt").write_text(TOKEN + "\n", encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCSTOP_")}
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
         child = await asyncio.create_subprocess_exec(
@@ -288,7 +331,7 @@ async def test_python_example_runs(block: Block, tmp_path: Path) -> None:
                 child.kill()
                 await child.wait()
         shown = output.decode(errors="replace")
-        assert child.returncode == 0, f"README.md line {block.line}:\n{shown}"
+        assert child.returncode == 0, f"{block.where}:\n{shown}"
         assert not exchange.pause_violations
 
 
@@ -305,13 +348,13 @@ def _run_example(spec: dict[str, Any]) -> None:
         namespace = {"__name__": "__readme__", **given}
         padded = "\n" * (earlier["line"] - 1) + earlier["source"]
         definitions = ast.Module(_definitions(padded), type_ignores=[])
-        exec(compile(definitions, "README.md", "exec"), namespace)  # noqa: S102 -- the README's own code
+        exec(compile(definitions, spec["file"], "exec"), namespace)  # noqa: S102 -- the README's own code
         for node in definitions.body:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 given[node.name] = namespace[node.name]
 
     padded = "\n" * (spec["line"] - 1) + spec["source"]
-    code = compile(padded, "README.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    code = compile(padded, spec["file"], "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     namespace = {"__name__": "__main__", **given}
     entry_points = [
         node.name
@@ -433,17 +476,20 @@ def _check_command(words: list[str]) -> None:
 
 @pytest.mark.parametrize("block", _blocks(*SHELL_LANGUAGES))
 def test_shell_example_commands_exist(block: Block) -> None:
-    """Each command the README shows exists, with the subcommands, flags and extras it names."""
+    """Each command the README or docs show exists, with the subcommands, flags and extras named."""
     _skip_if_marked(block)
+    if block.not_here:
+        pytest.skip(f"{block.where}: marked {NOT_HERE}, for another machine")
     commands = list(_commands(block))
-    assert commands, f"README.md line {block.line}: a shell block with no command"
+    assert commands, f"{block.where}: a shell block with no command"
     for words in commands:
         _check_command(words)
 
 
 @pytest.mark.parametrize("block", _blocks("json"))
 def test_json_example_parses(block: Block) -> None:
-    """The README's JSON example is JSON, or JSON Lines."""
+    """The README's or docs' JSON example is JSON, or JSON Lines."""
+    assert not block.not_here, f"{block.where}: only shell blocks may be marked {NOT_HERE}"
     _skip_if_marked(block)
     try:
         json.loads(block.source)
@@ -468,6 +514,40 @@ def test_the_harness_reads_fences_lines_and_skip_marks() -> None:
     )
     assert python.source == "await x\n"
     assert (shell.language, shell.skip) == ("sh", "needs a real exchange")
+    assert not python.not_here
+    assert not shell.not_here
+
+
+def test_the_harness_reads_the_not_here_mark_and_names_the_file() -> None:
+    """A `not-here` word in the info string marks a block; ids and messages name its file."""
+    text = "## Units\n\n```sh not-here\nsystemctl stop bot\n```\n\n```console\n$ ls\n```\n"
+    marked, plain = read_blocks(text, "docs/watchdog.md")
+    assert (marked.language, marked.not_here, plain.not_here) == ("sh", True, False)
+    assert marked.test_id == "docs/watchdog.md-L4-units"
+    assert marked.where == "docs/watchdog.md line 4"
+
+
+def test_the_readme_opens_with_the_demo_and_the_test_command() -> None:
+    """The README's first shell block runs `asyncstop demo`; its second, CI's test command."""
+    demo, tests = [b for b in BLOCKS if b.file == "README.md" and b.language in SHELL_LANGUAGES][:2]
+    assert ["asyncstop", "demo"] in list(_commands(demo))
+    commands = list(_commands(tests))
+    assert ["pip", "install", "-e", ".[dev]"] in commands
+    assert ["npm", "ci"] in commands
+    assert commands[-1] == ["python", "-m", "pytest"]
+
+
+def test_every_markdown_file_in_docs_is_read() -> None:
+    """A new file in docs/ has its examples tested without any change to this module."""
+    assert documents()[0] == README
+    assert set(documents()[1:]) == set(DOCS.glob("*.md"))
+    files = {block.file for block in BLOCKS}
+    with_blocks = {
+        path.relative_to(ROOT).as_posix()
+        for path in documents()
+        if "```" in path.read_text(encoding="utf-8")
+    }
+    assert files == with_blocks
 
 
 def test_the_harness_reads_commands_and_declared_options() -> None:
