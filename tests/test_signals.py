@@ -8,6 +8,8 @@ this process, signals it as supervisors do, and judges by the exchange's live st
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import os
 import signal
 import sys
@@ -15,7 +17,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from asyncstop._signals import SAME_REQUEST_WINDOW
+from asyncstop._signals import SAME_REQUEST_WINDOW, StopSignals
 from asyncstop.testing import FakeExchange, Faults, wait_until
 
 from .helpers import ACCOUNT, TOKEN, WAIT_LIMIT
@@ -191,3 +193,62 @@ async def test_a_bot_waiting_on_the_switch_decides_when_to_exit(exchange: FakeEx
     status, out, err = await _finish(bot)
     assert (status, out) == (0, b"report 20 True\nclosing 0\n"), err
     assert not exchange.open_stop_orders()
+
+
+# -- the helper in this process: windows, ignored signals, where handlers cannot go ----------
+
+
+async def test_a_copy_within_the_window_is_dropped_and_a_later_signal_is_a_new_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """second_press="call": a copy of SIGTERM at once is dropped; one after the window calls."""
+    caplog.set_level(logging.DEBUG, logger="asyncstop")
+    calls: list[signal.Signals] = []
+    handlers = StopSignals(calls.append, [signal.SIGTERM], second_press="call")
+    handlers.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await wait_until(lambda: calls, timeout=WAIT_LIMIT)
+        os.kill(os.getpid(), signal.SIGTERM)  # the first is handled: this one cannot merge
+        await wait_until(lambda: "the same request" in caplog.text, timeout=WAIT_LIMIT)
+        assert calls == [signal.SIGTERM]
+        await asyncio.sleep(2 * SAME_REQUEST_WINDOW)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await wait_until(lambda: len(calls) == 2, timeout=WAIT_LIMIT)
+    finally:
+        handlers.remove()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+async def test_an_ignored_signal_gets_no_handler() -> None:
+    """A signal ignored at install time keeps SIG_IGN; the others are handled, then given back."""
+    previous = signal.getsignal(signal.SIGHUP)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        handlers = StopSignals(lambda _sig: None, [signal.SIGHUP, signal.SIGTERM])
+        handlers.install()
+        assert handlers.installed == (signal.SIGTERM,)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        handlers.remove()
+        handlers.remove()  # idempotent
+        assert not handlers.installed
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_outside_the_main_thread_install_raises_or_installs_nothing() -> None:
+    """A loop in another thread cannot take handlers: RuntimeError, or none with required=False."""
+
+    async def install(required: bool) -> tuple[signal.Signals, ...]:
+        handlers = StopSignals(lambda _sig: None)
+        handlers.install(required=required)
+        return handlers.installed
+
+    def in_thread() -> tuple[signal.Signals, ...]:
+        with pytest.raises(RuntimeError):
+            asyncio.run(install(required=True))
+        return asyncio.run(install(required=False))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(in_thread).result(timeout=WAIT_LIMIT) == ()
