@@ -229,7 +229,7 @@ class AsyncStopClient:
     async def cancel_stop_order(self, order_id: str, *, account_id: str | None = None) -> StopOrder:
         """Cancel one stop order and return it as the exchange reported it.
 
-        Retries what is safe to retry (see the README). Raises
+        Retries what is safe to retry (see docs/client.md). Raises
         :class:`OrderNotFoundError` if the exchange has no live stop order with
         this id; its ``after_unknown_attempt`` tells whether an earlier attempt
         of this call (which timed out or lost its connection) most likely
@@ -272,7 +272,7 @@ class AsyncStopClient:
         left (before ``CancelledError`` propagates); an exception it raises is
         logged and does not stop the call. ``hedge`` sends one backup request
         for an order whose request has had no answer for that many seconds
-        (``"auto"``: this call's p95 reply time; None: never); see the README.
+        (``"auto"``: this call's p95 reply time; None: never); see docs/bulk.md.
 
         It never raises for a single order's failure. A list input with an
         invalid item raises :class:`InvalidInputError` before anything is sent;

@@ -60,5 +60,5 @@ DEFAULT_MAX_BODY_SIZE: Final = 64 * 1024
 #: An error kept in a report holds at most this much of its reply body.
 MAX_ERROR_BODY_KEPT: Final = 1024
 
-#: The kill switch's ``hedge=`` when none is given: see the README, "Hedged cancels".
+#: The kill switch's ``hedge=`` when none is given: see docs/bulk.md, "Hedged cancels".
 DEFAULT_KILL_SWITCH_HEDGE: Final[float | Literal["auto"] | None] = None
