@@ -15,7 +15,10 @@ Signals (``install_signal_handlers``), the pattern a bot follows::
         return 0 if report.ok else 1
 
 A program that does not wait on the switch still exits on the first signal,
-once the run has ended; a second signal ends the process at once.
+once the run has ended; a second signal ends the process at once. A copy of
+the first within half a second (``timeout`` signals the bot and then its
+group) is not a second signal, and a signal the parent ignored stays ignored
+(``asyncstop._signals`` has the one policy).
 
 Every task the switch starts has an owner that waits for it. A run started by
 ``trigger()`` is awaited by its callers (and cancelled with the last of them).
