@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final, Literal, Self
 
 from ._errors import InvalidInputError, WatchdogError
 from ._logging import logger
-from ._validation import check_account_id, check_order_id
+from ._validation import check_account_id, check_order_id, check_seconds, split_order_item
 
 if TYPE_CHECKING:
     from ._report import CancelReport, CancelResult, OrderItem
@@ -73,18 +73,6 @@ def _item(account_id: str | None, order_id: str) -> OrderItem:
     return order_id if account_id is None else (account_id, order_id)
 
 
-def _checked_item(item: object) -> tuple[str | None, str]:
-    """The (account id or None, order id) of a bulk-cancel item, or InvalidInputError."""
-    if isinstance(item, str):
-        return None, check_order_id(item)
-    if isinstance(item, tuple) and len(item) == 2:
-        return check_account_id(item[0]), check_order_id(item[1])
-    raise InvalidInputError(
-        "each order must be an order id str or an (account_id, order_id) pair, "
-        f"not {type(item).__name__} {item!r}"
-    )
-
-
 class StopOrderRegistry:
     """The stop orders a bot has placed and that may still be live: what a kill switch cancels.
 
@@ -115,7 +103,7 @@ class StopOrderRegistry:
         self._orders: dict[tuple[str | None, str], bool] = {}
         self._listeners: list[AddListener] = []
         for item in orders:
-            account_id, order_id = _checked_item(item)
+            account_id, order_id = split_order_item(item)
             self._store(account_id, order_id)
 
     @classmethod
@@ -268,7 +256,7 @@ class StopOrderRegistry:
 
     def __contains__(self, item: object) -> bool:
         try:
-            account_id, order_id = _checked_item(item)
+            account_id, order_id = split_order_item(item)
         except InvalidInputError:
             return False
         return self._has(account_id, order_id)
@@ -321,8 +309,7 @@ class _DurableRegistry(StopOrderRegistry):
         super().__init__()
         if synchronous not in ("NORMAL", "FULL"):
             raise InvalidInputError(f'synchronous must be "NORMAL" or "FULL", not {synchronous!r}')
-        if not busy_timeout >= 0:
-            raise InvalidInputError(f"busy_timeout must be >= 0 seconds, not {busy_timeout!r}")
+        busy_timeout = check_seconds("busy_timeout", busy_timeout, allow_zero=True)
         self._path = Path(path).absolute()
         self.synchronous: Final = synchronous
         # Autocommit (isolation_level=None): every statement is its own

@@ -29,6 +29,7 @@ __all__ = [
     "check_seconds",
     "check_token",
     "check_token_source",
+    "split_order_item",
 ]
 
 # RFC 3986 pchar without percent-encoding: unreserved, sub-delims, ":" and "@".
@@ -85,18 +86,29 @@ def check_order_item(item: object, default_account_id: str | None) -> tuple[str,
     order_id)`` pair; anything else, or a bare id without a default account,
     is refused.
     """
+    account_id, order_id = split_order_item(item)
+    if account_id is not None:
+        return account_id, order_id
+    if default_account_id is None:
+        raise InvalidInputError(
+            f"order {item!r} has no account: give (account_id, order_id) pairs "
+            "or set account_id on the client"
+        )
+    return default_account_id, order_id
+
+
+def split_order_item(item: object) -> tuple[str | None, str]:
+    """Return ``(account_id, order_id)`` for a pair, ``(None, order_id)`` for a bare id.
+
+    Both ids are checked; anything but a str or a 2-tuple is refused.
+    """
     if isinstance(item, str):
-        if default_account_id is None:
-            raise InvalidInputError(
-                f"order {item!r} has no account: give (account_id, order_id) pairs "
-                "or set account_id on the client"
-            )
-        return default_account_id, check_order_id(item)
+        return None, check_order_id(item)
     if isinstance(item, tuple) and len(item) == 2:
         return check_account_id(item[0]), check_order_id(item[1])
     shown = repr(item) if len(repr(item)) <= 80 else repr(item)[:77] + "..."
     raise InvalidInputError(
-        "each order must be an order id str or an (account_id, order_id) tuple, "
+        "each order must be an order id str or an (account_id, order_id) pair, "
         f"not {type(item).__name__} {shown}"
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sqlite3
@@ -13,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from asyncstop import InvalidInputError, StopOrderRegistry
+from asyncstop import (
+    CancelOutcome,
+    CancelReport,
+    CancelResult,
+    InvalidInputError,
+    StopOrderRegistry,
+)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -153,6 +160,58 @@ def test_bad_settings_and_foreign_files_are_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(InvalidInputError, match="schema version 7"):
         StopOrderRegistry.open(other)
+
+
+@pytest.mark.parametrize("busy_timeout", [math.inf, math.nan, -1.0, True, "5"])
+def test_a_busy_timeout_that_is_not_finite_seconds_is_refused(
+    tmp_path: Path, busy_timeout: object
+) -> None:
+    """busy_timeout must be finite seconds >= 0: inf, nan, negative, bool and str are refused."""
+    with pytest.raises(InvalidInputError, match="busy_timeout"):
+        StopOrderRegistry.open(tmp_path / "a.db", busy_timeout=busy_timeout)  # type: ignore[arg-type]
+    assert not (tmp_path / "a.db").exists()
+
+
+def _result(order_id: str, outcome: CancelOutcome, account_id: str = "acc-1") -> CancelResult:
+    return CancelResult(order_id=order_id, account_id=account_id, outcome=outcome)
+
+
+def test_forget_settled_forgets_what_is_gone_and_keeps_what_may_be_live(
+    registry: StopOrderRegistry,
+) -> None:
+    """Cancelled, gone and not found orders leave; failed, unknown and not sent ones stay."""
+    for order_id in ("C", "G", "N", "F", "U", "S"):
+        registry.add(order_id)
+    registry.add("X", account_id="acc-2")
+    report = CancelReport(
+        [
+            _result("C", CancelOutcome.CANCELLED),
+            _result("G", CancelOutcome.ALREADY_GONE),
+            _result("N", CancelOutcome.NOT_FOUND),
+            _result("F", CancelOutcome.FAILED),
+            _result("U", CancelOutcome.UNKNOWN),
+            _result("S", CancelOutcome.NOT_SENT),
+            _result("X", CancelOutcome.CANCELLED, account_id="acc-2"),
+        ],
+        1.0,
+    )
+    forgotten = registry.forget_settled(report, default_account_id="acc-1")
+    assert sorted(r.order_id for r in forgotten) == ["C", "G", "N", "X"]
+    assert registry.snapshot() == ["F", "U", "S"]
+
+
+def test_forget_settled_keeps_not_found_orders_under_the_warning(
+    registry: StopOrderRegistry,
+) -> None:
+    """Most not found and none cancelled (a wrong account?): every not_found order stays."""
+    ids = [f"N{i}" for i in range(4)]
+    for order_id in [*ids, "G"]:
+        registry.add(order_id)
+    results = [_result(order_id, CancelOutcome.NOT_FOUND) for order_id in ids]
+    report = CancelReport([*results, _result("G", CancelOutcome.ALREADY_GONE)], 1.0)
+    assert report.warning is not None
+    registry.forget_settled(report, default_account_id="acc-1")
+    assert registry.snapshot() == ids
 
 
 _WRITER = textwrap.dedent(

@@ -109,3 +109,16 @@ async def test_malformed_order_items_are_refused_with_their_position(
     with pytest.raises(asyncstop.InvalidInputError, match=r"orders\[1\]"):
         await client.cancel_stop_orders(["o-1", item])  # type: ignore[list-item]
     assert exchange.journal == []
+
+
+@pytest.mark.parametrize("item", [("acc", "o-1", "extra"), 42, ("acc", 7), ("", "o-1"), "a/b"])
+async def test_the_registry_and_the_bulk_call_refuse_an_item_with_one_message(
+    make_client: ClientFactory, item: object
+) -> None:
+    """StopOrderRegistry and cancel_stop_orders apply the same item rule, word for word."""
+    client = await make_client()
+    with pytest.raises(asyncstop.InvalidInputError) as bulk:
+        await client.cancel_stop_orders([item])  # type: ignore[list-item]
+    with pytest.raises(asyncstop.InvalidInputError) as registry:
+        asyncstop.StopOrderRegistry([item])  # type: ignore[list-item]
+    assert str(bulk.value).endswith(str(registry.value))
