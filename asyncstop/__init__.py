@@ -10,7 +10,7 @@ The layers, each importing only those below it (``tests/test_layers.py``)::
 
     _cli, testing                  the command line; the fake exchange
     _watchdog, _killswitch,        the dead man's switch process; the kill switch;
-    _registry                      the registry of live stops (memory or SQLite)
+    _registry, _postgres           the registry of live stops (memory, SQLite or PostgreSQL)
     _client                        AsyncStopClient: settings, lifetime, wiring
     _bulk, _hedge                  lanes, jobs, settling into a report; backup requests
     _attempt                       one order across its attempts, one Deadline rule
@@ -45,6 +45,7 @@ from ._errors import (
     AuthenticationError,
     BadRequestError,
     InvalidInputError,
+    LeaseLostError,
     OrderNotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -55,6 +56,7 @@ from ._errors import (
 )
 from ._killswitch import KillSwitch, OrderSource
 from ._models import OrderStatus, StopOrder, TradingAccount
+from ._postgres import PostgresRegistry
 from ._registry import StopOrderRegistry
 from ._report import CancelOutcome, CancelReport, CancelResult, OrderItem
 from ._transport import DaemonThreadResolver, Timeout
@@ -84,11 +86,13 @@ __all__ = [
     "DaemonThreadResolver",
     "InvalidInputError",
     "KillSwitch",
+    "LeaseLostError",
     "OrderItem",
     "OrderNotFoundError",
     "OrderSource",
     "OrderStatus",
     "PermissionDeniedError",
+    "PostgresRegistry",
     "RateLimitError",
     "ResponseValidationError",
     "ServerError",

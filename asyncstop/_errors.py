@@ -7,6 +7,7 @@
     ├── TokenProviderError: the token provider raised, hung or gave an unusable token
     ├── AccountNotFoundError: preflight: the token may not use this account
     ├── WatchdogError: the watchdog process could not start, died, or gave no report
+    ├── LeaseLostError: a PostgreSQL registry's lease expired or was taken over
     └── APIError
         ├── APIStatusError: the exchange answered with an error status
         │   ├── BadRequestError           400
@@ -49,6 +50,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "InvalidInputError",
+    "LeaseLostError",
     "OrderNotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -112,6 +114,16 @@ class WatchdogError(AsyncStopError):
     def __init__(self, message: str, *, kind: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class LeaseLostError(AsyncStopError):
+    """A :class:`~asyncstop.PostgresRegistry`'s lease is lost: the registry refuses new stops.
+
+    Raised by ``add()`` once the bot's lease expired (it could not renew it in
+    time) or another holder took the owner over with a higher epoch. The
+    database's transaction refuses the row, not only the bot: an off-host
+    service may be cancelling this owner's stops already.
+    """
 
 
 class APIError(AsyncStopError):

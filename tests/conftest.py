@@ -15,6 +15,7 @@ import asyncstop
 from asyncstop.testing import FakeExchange
 
 from .helpers import ACCOUNT, PAUSE_GRACE, TOKEN, ClientFactory
+from .postgres import postgres_dsn, postgres_server  # noqa: F401 - fixtures of the off-host tests
 
 
 @pytest.fixture

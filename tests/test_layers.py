@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"_hedge"},
     {"_bulk"},
     {"_client"},
-    {"_registry"},
+    {"_registry", "_postgres"},
     {"_killswitch"},
     {"_watchdog"},
     {"__init__"},

@@ -8,6 +8,8 @@
     asyncstop fake-exchange --orders 1000      serve a fake exchange to try ``kill`` against
     asyncstop demo                             a kill switch, then a SIGKILLed bot's watchdog,
                                                against an in-process fake exchange
+    asyncstop watchdog --store DSN ...         the off-host service: cancel the stops of
+                                               bots whose PostgreSQL lease expired
 
 Exit status: see :data:`common.EXIT_STATUS_HELP` (also the ``--help`` epilog).
 
@@ -33,7 +35,7 @@ from typing import NoReturn
 
 from asyncstop import InvalidInputError, __version__
 
-from . import cancel, demo, fake_exchange, kill
+from . import cancel, demo, fake_exchange, kill, watchdog
 from .common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, dest="verbose_top", help=argparse.SUPPRESS
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (cancel, kill, fake_exchange, demo):
+    for command in (cancel, kill, fake_exchange, demo, watchdog):
         command.add_parser(commands)
     return parser
 

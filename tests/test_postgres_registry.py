@@ -1,0 +1,171 @@
+"""PostgresRegistry and its lease against a real temporary PostgreSQL (no service, no exchange)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+
+import pytest
+
+import asyncstop
+from asyncstop._postgres._tempserver import TemporaryPostgres
+from asyncstop.testing import wait_until
+
+from .helpers import WAIT_LIMIT
+
+
+async def test_add_snapshot_discard_follow_the_item_rules_per_owner(postgres_dsn: str) -> None:
+    """Orders are kept per owner, in the order added, and a bad id is refused before any SQL."""
+    async with (
+        await asyncstop.PostgresRegistry.connect(postgres_dsn, owner="bot-a") as a,
+        await asyncstop.PostgresRegistry.connect(postgres_dsn, owner="bot-b") as b,
+    ):
+        await a.add("A1")
+        await a.add("A2", "acc-2", protective=True)
+        await b.add("B1", "acc-1")
+        assert await a.snapshot() == ["A1", ("acc-2", "A2")]
+        assert await a.entries() == [("A1", False), (("acc-2", "A2"), True)]
+        assert await b.snapshot() == [("acc-1", "B1")]
+        await a.discard("A2", "acc-2")
+        await a.discard("missing")
+        assert [item async for item in a] == ["A1"]
+        with pytest.raises(asyncstop.InvalidInputError):
+            await a.add("bad/id")
+        assert "postgres@" not in repr(a)
+
+
+async def test_a_takeover_fences_the_old_holder_in_the_database(postgres_dsn: str) -> None:
+    """A new lease() takes over with a higher epoch; the old holder's add() then raises."""
+    async with (
+        await asyncstop.PostgresRegistry.connect(postgres_dsn, owner="bot-1") as old,
+        await asyncstop.PostgresRegistry.connect(postgres_dsn, owner="bot-1") as new,
+    ):
+        async with old.lease(ttl=30.0) as first:
+            await old.add("O1")
+            async with new.lease(ttl=30.0) as second:
+                assert second.epoch > first.epoch
+                assert second.took_over
+                # The old lease's own clock says it is held: only the database refuses.
+                assert not first.lost
+                with pytest.raises(asyncstop.LeaseLostError):
+                    await old.add("O2")
+                assert first.lost
+                await new.add("N1")
+        assert await new.snapshot() == ["O1", "N1"]
+
+
+async def test_a_lease_renews_and_a_clean_exit_releases_it(postgres_dsn: str) -> None:
+    """The lease renews every ttl/3 past its ttl; leaving the block clears its expiry."""
+    async with await asyncstop.PostgresRegistry.connect(postgres_dsn, owner="bot-1") as registry:
+        async with registry.lease(ttl=0.9) as lease:
+            await wait_until(lambda: lease.renewals >= 4, WAIT_LIMIT)
+            assert not lease.lost
+            await registry.add("A1")
+        assert registry.current_lease is None
+        import asyncpg
+
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            assert (
+                await conn.fetchval("SELECT expires_at FROM asyncstop_owners WHERE owner = 'bot-1'")
+                is None
+            )
+        finally:
+            await conn.close()
+        assert await registry.snapshot() == ["A1"]
+
+
+async def test_schema_of_another_version_is_refused(postgres_dsn: str) -> None:
+    """A database whose registry schema has another version is refused at connect()."""
+    await (await asyncstop.PostgresRegistry.connect(postgres_dsn, owner="x")).close()
+    import asyncpg
+
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        await conn.execute("UPDATE asyncstop_meta SET value = '99' WHERE key = 'schema_version'")
+    finally:
+        await conn.close()
+    with pytest.raises(asyncstop.InvalidInputError, match="schema version 99"):
+        await asyncstop.PostgresRegistry.connect(postgres_dsn, owner="x")
+
+
+@pytest.mark.timeout(90)
+async def test_a_database_restart_is_recovered_or_reported_never_silently_held(
+    postgres_server: TemporaryPostgres, postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Restarted within the ttl, the lease recovers; down longer, it is lost, logged, and fenced."""
+    caplog.set_level(logging.WARNING, logger="asyncstop")
+    async with await asyncstop.PostgresRegistry.connect(postgres_dsn, owner="bot-1") as registry:
+        async with registry.lease(ttl=6.0) as lease:
+            await registry.add("A1")
+            await asyncio.to_thread(postgres_server.stop, "fast")
+            await asyncio.to_thread(postgres_server.start)
+            before = lease.renewals
+            await wait_until(lambda: lease.renewals > before or lease.lost, 30)
+            # Recovered: the database agrees it is held, and adds go in.
+            assert not lease.lost
+            await registry.add("A2")
+
+            await asyncio.to_thread(postgres_server.stop, "fast")
+            try:
+                await wait_until(lambda: lease.lost, 30)
+                assert "lost" in caplog.text
+            finally:
+                await asyncio.to_thread(postgres_server.start)
+            with pytest.raises(asyncstop.LeaseLostError):
+                await registry.add("A3")
+        assert await registry.snapshot() == ["A1", "A2"]
+
+
+def test_import_asyncstop_needs_no_asyncpg() -> None:
+    """Without asyncpg, asyncstop imports, and connect() names the extra to install."""
+    code = (
+        "import sys, asyncio\n"
+        "sys.modules['asyncpg'] = None\n"
+        "import asyncstop\n"
+        "try:\n"
+        "    asyncio.run(asyncstop.PostgresRegistry.connect('postgresql://x@127.0.0.1/x',"
+        " owner='b'))\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "pip install 'asyncstop[postgres]'" in out.stdout
+
+
+def test_watchdog_command_without_asyncpg_prints_one_line_and_exits_2() -> None:
+    """`asyncstop watchdog --store` without asyncpg: one line naming the extra, exit 2."""
+    code = (
+        "import sys\n"
+        "sys.modules['asyncpg'] = None\n"
+        "from asyncstop._cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "watchdog",
+            "--store",
+            "postgresql://bot@127.0.0.1/db",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--token-command",
+            "cat token",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1
+    assert "pip install 'asyncstop[postgres]'" in lines[0]
+    assert "Traceback" not in out.stderr
