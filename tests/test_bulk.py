@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -12,6 +13,7 @@ import pytest
 
 import asyncstop
 from asyncstop import CancelOutcome
+from asyncstop._report import report_record, result_from_record, result_record
 from asyncstop.testing import FakeExchange, Fault, Faults, wait_until
 
 from .helpers import (
@@ -163,6 +165,10 @@ async def test_the_deadline_cuts_attempts_and_reports_unknown_and_not_sent(
     )
     assert isinstance(report.results[1].error, asyncstop.APITimeoutError)
     assert report.results[2].attempts == 0
+    for unsent in report.results[2:]:  # error says why, as for every other outcome
+        assert isinstance(unsent.error, asyncstop.APIConnectionError)
+        assert not unsent.error.request_sent
+        assert "the deadline passed before a request" in str(unsent.error)
     assert len(exchange.journal) == 2
     assert exchange.open_stop_orders(ACCOUNT) == set(ids[1:])
 
@@ -174,6 +180,7 @@ async def test_a_zero_deadline_sends_nothing(
     ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
     report = await client.cancel_stop_orders(ids, deadline=0)
     assert report.counts[CancelOutcome.NOT_SENT] == 5
+    assert all("deadline passed" in str(r.error) for r in report.results)
     assert exchange.journal == []
 
 
@@ -399,4 +406,77 @@ async def test_a_long_list_does_not_block_the_loop_and_cancelling_its_intake_rep
         await task
     assert len(seen) == 5000
     assert {r.outcome for r in seen} == {CancelOutcome.NOT_SENT}
+    assert all("the call was cancelled before a request" in str(r.error) for r in seen)
     assert exchange.journal == []
+
+
+# -- the report's promises and its one JSON record ------------------------------------------------
+
+
+async def test_under_the_not_found_warning_the_orders_are_pending_and_the_report_not_ok(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
+    """A wrong account id: every not_found order is in pending and report.ok is False."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    exchange.add_account("acc-other")
+    client = await make_client(account_id="acc-other")
+    report = await client.cancel_stop_orders(ids)
+    assert report.warning is not None
+    assert not report.ok
+    assert [r.order_id for r in report.pending] == ids
+    assert report.settled == []
+    assert exchange.open_stop_orders() == set(ids)  # pending was true: they are all live
+
+
+async def test_a_few_not_found_orders_without_the_warning_are_settled(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """Two not_found among cancelled orders: no warning, report.ok, nothing pending."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    report = await client.cancel_stop_orders([*ids, "GONE-1", "GONE-2"])
+    assert report.warning is None
+    assert report.ok
+    assert report.pending == []
+    assert len(report.settled) == 7
+
+
+async def test_a_result_record_is_json_and_rebuilds_the_result_with_its_error(
+    exchange: FakeExchange, client: asyncstop.AsyncStopClient
+) -> None:
+    """result_record -> JSON -> result_from_record keeps the outcome, the order and the error."""
+    ids = exchange.add_stop_orders(3, account_id=ACCOUNT, activated_fraction=1.0)
+    exchange.inject_for(ids[1], Fault.error(403))
+    report = await client.cancel_stop_orders(ids, deadline=5.0)
+    records = [json.loads(json.dumps(result_record(r))) for r in report.results]
+    assert records[0]["outcome"] == "cancelled"
+    assert records[0]["activated"] is True
+    assert records[0]["order"]["orderId"] == ids[0]
+    assert records[1]["error"]["type"] == "PermissionDeniedError"
+    for record, result in zip(records, report.results, strict=True):
+        rebuilt = result_from_record(record)
+        assert (rebuilt.order_id, rebuilt.outcome, rebuilt.attempts, rebuilt.order) == (
+            result.order_id,
+            result.outcome,
+            result.attempts,
+            result.order,
+        )
+        assert type(rebuilt.error) is type(result.error)
+    denied = result_from_record(records[1]).error
+    assert isinstance(denied, asyncstop.PermissionDeniedError)
+    assert denied.status_code == 403
+
+
+async def test_a_report_record_counts_every_outcome_and_lists_what_may_be_live(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
+    """report_record: every outcome counted, pending ids (warning included), capped by max_ids."""
+    ids = exchange.add_stop_orders(4, account_id=ACCOUNT)
+    exchange.add_account("acc-other")
+    client = await make_client(account_id="acc-other")
+    report = await client.cancel_stop_orders(ids)
+    record = json.loads(json.dumps(report_record(report, max_ids=3)))
+    assert record["counts"] == {outcome.value: 0 for outcome in CancelOutcome} | {"not_found": 4}
+    assert record["ok"] is False
+    assert record["warning"] == report.warning
+    assert record["pending_count"] == 4
+    assert record["pending"] == [["acc-other", order_id] for order_id in ids[:3]]
