@@ -316,6 +316,17 @@ class FakeExchange(OrderBook):
         self.pause_violations = []
         self.max_in_flight = self.in_flight
 
+    def requests(self, method: str | None = None) -> list[JournalEntry]:
+        """The journaled requests in arrival order; with ``method``, only that method's.
+
+        ``exchange.requests("DELETE")`` are the cancels the exchange received,
+        refused ones included, as :class:`JournalEntry` records.
+        """
+        if method is None:
+            return list(self.journal)
+        wanted = method.upper()
+        return [entry for entry in self.journal if entry.method == wanted]
+
     def __repr__(self) -> str:
         where = self.base_url if self._bound_port is not None else self._state.value
         if self._state is _State.CLOSED:
