@@ -69,7 +69,45 @@ def client_tasks() -> list[asyncio.Task[object]]:
 
 def requests_per_order(exchange: FakeExchange) -> Counter[str | None]:
     """How many DELETE requests the exchange received for each order id."""
-    return Counter(e.order_id for e in exchange.journal if e.method == "DELETE")
+    return Counter(entry.order_id for entry in exchange.requests("DELETE"))
+
+
+def check_report_against_exchange(
+    report: asyncstop.CancelReport,
+    items: list[tuple[str, str]],
+    exchange: FakeExchange,
+    *,
+    exact_attempts: bool = True,
+) -> None:
+    """The invariants every run must satisfy, read from the exchange's state and journal.
+
+    ``exact_attempts=False`` for attempt time limits short enough that a loaded
+    machine may let the client give up on a request it sent before the exchange,
+    on the same loop, got to read it: then only "no request the exchange saw
+    went uncounted" holds.
+    """
+    # Every order reported once, in input order.
+    assert [(r.account_id, r.order_id) for r in report.results] == items
+    live = exchange.open_stop_orders()
+    for result in report.results:
+        if result.ok:
+            # No order reported gone (cancelled, already gone, not found) is still live.
+            assert result.order_id not in live, result
+        if result.order_id in live:
+            # No order still live is reported as a success.
+            assert not result.ok, result
+        if result.outcome is asyncstop.CancelOutcome.FAILED:
+            # No failed result for an order the exchange shows as cancelled.
+            assert result.order_id in live, result
+        if result.outcome is asyncstop.CancelOutcome.NOT_SENT:
+            assert result.attempts == 0
+            assert result.order_id in live
+    sent = requests_per_order(exchange)
+    for result in report.results:
+        if exact_attempts:
+            assert result.attempts == sent[result.order_id], result
+        else:
+            assert result.attempts >= sent[result.order_id], result
 
 
 class ClientTimeline:

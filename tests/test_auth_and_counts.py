@@ -15,11 +15,6 @@ from asyncstop.testing import FakeExchange, Fault
 from .helpers import ACCOUNT, TOKEN, ClientFactory
 
 
-def deletes(exchange: FakeExchange) -> int:
-    """How many DELETE requests the exchange saw."""
-    return sum(1 for e in exchange.journal if e.method == "DELETE")
-
-
 async def test_a_refused_static_token_costs_at_most_one_wave(exchange: FakeExchange) -> None:
     """A refused token: at most `concurrency` DELETEs go out, and the rest end not_sent."""
     ids = exchange.add_stop_orders(500, account_id=ACCOUNT)
@@ -27,10 +22,10 @@ async def test_a_refused_static_token_costs_at_most_one_wave(exchange: FakeExcha
         base_url=exchange.base_url, token="WRONG-TOKEN", account_id=ACCOUNT
     ) as client:
         report = await client.cancel_stop_orders(ids, concurrency=8)
-    assert deletes(exchange) <= 8
+    assert len(exchange.requests("DELETE")) <= 8
     counts = report.counts
-    assert counts[CancelOutcome.FAILED] == deletes(exchange)
-    assert counts[CancelOutcome.NOT_SENT] == 500 - deletes(exchange)
+    assert counts[CancelOutcome.FAILED] == len(exchange.requests("DELETE"))
+    assert counts[CancelOutcome.NOT_SENT] == 500 - len(exchange.requests("DELETE"))
     for result in report.results:
         assert isinstance(result.error, asyncstop.AuthenticationError)
     assert exchange.open_stop_orders() == set(ids)
@@ -80,8 +75,8 @@ async def test_a_failing_provider_stops_the_account_with_one_call(
     ) as client:
         report = await client.cancel_stop_orders(ids, concurrency=4)
     assert calls == 2
-    assert deletes(exchange) <= 4
-    assert report.counts[CancelOutcome.NOT_SENT] == 200 - deletes(exchange)
+    assert len(exchange.requests("DELETE")) <= 4
+    assert report.counts[CancelOutcome.NOT_SENT] == 200 - len(exchange.requests("DELETE"))
     assert all(isinstance(r.error, asyncstop.TokenProviderError) for r in report.results)
     provider_records = [r for r in caplog.records if "token provider" in r.getMessage()]
     assert len([r for r in provider_records if r.levelname == "ERROR"]) == 1
@@ -164,7 +159,7 @@ async def test_a_dns_failure_sends_nothing(exchange: FakeExchange, step: str) ->
     (result,) = report.results
     assert result.outcome is CancelOutcome.NOT_SENT
     assert result.attempts == 0
-    assert deletes(exchange) == 0
+    assert len(exchange.requests("DELETE")) == 0
 
 
 async def test_a_404_after_a_request_that_never_left_is_not_found(exchange: FakeExchange) -> None:
@@ -179,7 +174,7 @@ async def test_a_404_after_a_request_that_never_left_is_not_found(exchange: Fake
         with pytest.raises(asyncstop.OrderNotFoundError) as caught:
             await client.cancel_stop_order("NO-SUCH-ORDER")
     assert caught.value.after_unknown_attempt is False
-    assert deletes(exchange) == 1
+    assert len(exchange.requests("DELETE")) == 1
 
 
 async def test_requests_waiting_for_a_pooled_connection_are_not_counted(
@@ -195,7 +190,7 @@ async def test_requests_waiting_for_a_pooled_connection_are_not_counted(
         client.cancel_stop_orders(ids[6:], deadline=0.5),
     )
     results = first.results + second.results
-    sent = {e.order_id for e in exchange.journal if e.method == "DELETE"}
+    sent = {e.order_id for e in exchange.requests("DELETE")}
     for result in results:
         assert result.attempts == (1 if result.order_id in sent else 0)
         expected = CancelOutcome.UNKNOWN if result.order_id in sent else CancelOutcome.NOT_SENT

@@ -31,7 +31,17 @@ from .helpers import ACCOUNT, TOKEN
 REPO = Path(__file__).resolve().parent.parent
 #: Generous for a loaded CI machine; a healthy run takes well under a second.
 RUN_TIMEOUT = 30.0
-JSON_KEYS = {"order_id", "account_id", "outcome", "attempts", "elapsed", "error"}
+JSON_KEYS = {
+    "order_id",
+    "account_id",
+    "outcome",
+    "ok",
+    "attempts",
+    "elapsed",
+    "activated",
+    "error",
+    "order",
+}
 
 
 @dataclass(frozen=True)
@@ -129,10 +139,6 @@ async def run_cli(*args: str, env: Mapping[str, str], stdin: str | None = None) 
 def write_ids(path: Path, items: list[tuple[str, str]], header: str = "") -> Path:
     path.write_text(header + "".join(f"{a},{o}\n" for a, o in items), encoding="utf-8")
     return path
-
-
-def deletes(exchange: FakeExchange) -> list[object]:
-    return [entry for entry in exchange.journal if entry.method == "DELETE"]
 
 
 @pytest.fixture
@@ -274,7 +280,40 @@ async def test_exit_1_writes_pending_out_and_rerun_on_it_exits_0(
     assert second.returncode == 0, second.stderr
     assert pending.read_text(encoding="utf-8") == ""
     assert exchange.open_stop_orders() == set()
-    assert len(deletes(exchange)) == 12
+    assert len(exchange.requests("DELETE")) == 12
+
+
+async def test_the_retry_idiom_under_a_wrong_account_fails_and_lists_every_live_order(
+    exchange: FakeExchange, tmp_path: Path
+) -> None:
+    """`kill --pending-out left.txt || kill --ids left.txt` with the wrong account id: the
+    file lists all 300 live orders and the chain exits non-zero, never 0."""
+    order_ids = exchange.add_stop_orders(300, account_id=ACCOUNT)
+    exchange.add_account("acc-2")  # the token may use it, but the stops are on ACCOUNT
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"{o}\n" for o in order_ids), encoding="utf-8")
+    left = tmp_path / "left.txt"
+    command = f"{sys.executable} -m asyncstop"
+    script = (
+        f"{command} kill --ids {ids} --pending-out {left} || {command} kill --ids {left}; "
+        'echo "chain exit $?" >&2'
+    )
+    env = cli_env(exchange, {"ASYNCSTOP_ACCOUNT_ID": "acc-2"})
+    with signals_not_ignored():
+        proc = await asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            script,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    run = await finish(proc)
+    assert "chain exit 3" in run.stderr
+    assert left.read_text(encoding="utf-8").splitlines() == [f"acc-2,{o}" for o in order_ids]
+    assert "warning" in run.stderr
+    assert "300 order(s) that may still be live" in run.stderr
+    assert exchange.open_stop_orders() == set(order_ids)
 
 
 # -- usage and configuration errors --------------------------------------------------------
@@ -312,7 +351,7 @@ async def test_configuration_error_is_one_line_and_exit_2(
     for text in expected:
         assert text in line
     assert "abc" not in run.stderr  # a refused token is not echoed
-    assert deletes(exchange) == []
+    assert exchange.requests("DELETE") == []
 
 
 @pytest.mark.parametrize(
@@ -807,7 +846,7 @@ async def test_a_refused_token_fails_the_preflight_and_sends_nothing(
     assert run.stderr.count("\n") == 1
     assert "preflight failed" in run.stderr
     assert "401" in run.stderr
-    assert deletes(exchange) == []
+    assert exchange.requests("DELETE") == []
     assert len(left.read_text().splitlines()) == 5
 
 
@@ -823,7 +862,7 @@ async def test_an_account_the_token_may_not_use_fails_the_preflight(
         )
         assert run.returncode == 2
         assert "'acc-9'" in run.stderr
-        assert deletes(exchange) == []
+        assert exchange.requests("DELETE") == []
 
 
 async def test_the_preflight_comes_before_any_delete(exchange: FakeExchange) -> None:
@@ -854,7 +893,7 @@ async def test_a_base_url_off_the_api_fails_the_preflight(
     [line] = run.stderr.splitlines()
     assert line.startswith("asyncstop: error: preflight failed: ")
     assert expected in line
-    assert deletes(exchange) == []
+    assert exchange.requests("DELETE") == []
     assert exchange.open_stop_orders() == set(ids)
 
 
@@ -888,7 +927,7 @@ async def test_a_bad_hedge_value_is_a_usage_error(exchange: FakeExchange, value:
     """--hedge takes auto, off or seconds > 0; anything else is refused before sending."""
     run = await run_cli("cancel", "--hedge", value, "X1", env=cli_env(exchange))
     assert run.returncode == 2
-    assert deletes(exchange) == []
+    assert exchange.requests("DELETE") == []
 
 
 async def test_kill_registry_cancels_what_a_dead_bot_left_and_updates_it(

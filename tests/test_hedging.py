@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 
 import asyncstop
 from asyncstop import CancelOutcome
 from asyncstop.testing import FakeExchange, Fault
 
-from .helpers import ACCOUNT, PAUSE_GRACE, TOKEN
-
-
-def requests_per_order(exchange: FakeExchange) -> Counter[str | None]:
-    """DELETE requests the exchange saw, per order id."""
-    return Counter(e.order_id for e in exchange.journal if e.method == "DELETE")
+from .helpers import ACCOUNT, PAUSE_GRACE, TOKEN, requests_per_order
 
 
 async def test_a_hung_request_is_overtaken_by_its_hedge(exchange: FakeExchange) -> None:

@@ -56,10 +56,6 @@ def _watchdog(exchange: FakeExchange, registry: StopOrderRegistry, **overrides: 
     return Watchdog(registry, **settings)
 
 
-def _deletes(exchange: FakeExchange) -> list[asyncstop.testing.JournalEntry]:
-    return [e for e in exchange.journal if e.method == "DELETE"]
-
-
 async def _exited(pid: int) -> None:
     """Return once process ``pid`` (not necessarily our child) has ended."""
     try:
@@ -162,7 +158,7 @@ async def test_sigkill_of_the_bot_cancels_every_registered_stop(
     async with asyncio.timeout(30):
         await _exited(watchdog_pid)
     assert not exchange.open_stop_orders()
-    deletes = _deletes(exchange)
+    deletes = exchange.requests("DELETE")
     assert sorted(e.order_id for e in deletes) == sorted(ids)
     assert min(e.time for e in deletes) > killed_at  # nothing before the death
     with StopOrderRegistry.open(tmp_path / "stops.db") as reopened:
@@ -187,7 +183,7 @@ async def test_a_stopped_bot_is_cancelled_after_the_heartbeat_timeout_and_not_be
     """SIGSTOP: no DELETE goes out until heartbeat_timeout after the last heartbeat sent."""
     bot, watchdog_pid, ids = bot_process
     await asyncio.sleep(5 * INTERVAL)  # several heartbeats went out
-    assert not _deletes(exchange)  # a live bot's watchdog does not fire
+    assert not exchange.requests("DELETE")  # a live bot's watchdog does not fire
     stopped_at = asyncio.get_running_loop().time()
     bot.send_signal(signal.SIGSTOP)
     async with asyncio.timeout(30):
@@ -197,10 +193,10 @@ async def test_a_stopped_bot_is_cancelled_after_the_heartbeat_timeout_and_not_be
     assert summary["pending"] == 0
     last_heartbeat = summary["last_heartbeat_sent"]
     assert last_heartbeat <= stopped_at
-    first_delete = min(e.time for e in _deletes(exchange))
+    first_delete = min(e.time for e in exchange.requests("DELETE"))
     assert first_delete >= last_heartbeat + TIMEOUT
     assert not exchange.open_stop_orders()
-    assert sorted(e.order_id for e in _deletes(exchange)) == sorted(ids)
+    assert sorted(e.order_id for e in exchange.requests("DELETE")) == sorted(ids)
 
 
 # -- the bot in this process -------------------------------------------------------------------
@@ -218,7 +214,7 @@ async def test_a_clean_exit_sends_no_delete(
         await asyncio.sleep(3 * INTERVAL)
     assert not watchdog.alive
     assert watchdog.returncode == 0
-    assert _deletes(exchange) == []
+    assert exchange.requests("DELETE") == []
     assert exchange.open_stop_orders() == set(ids)
     assert len(registry) == 20
     assert not watchdog.report_path.exists()
@@ -272,7 +268,7 @@ async def test_leaving_with_an_error_fires_unless_told_not_to(
     with pytest.raises(RuntimeError, match="bot bug"):
         async with _watchdog(exchange, registry, fire_on_error=False):
             raise RuntimeError("bot bug")
-    assert _deletes(exchange) == []
+    assert exchange.requests("DELETE") == []
     with pytest.raises(RuntimeError, match="bot bug"):
         async with _watchdog(exchange, registry):
             raise RuntimeError("bot bug")
@@ -378,7 +374,7 @@ async def test_the_bot_refreshes_the_token_ahead_of_its_expiry_and_passes_it_on(
         environ = _proc_file(pid, "environ")
     assert report.ok
     assert not exchange.open_stop_orders()
-    assert all(e.authorized for e in _deletes(exchange) if e.status != 401)
+    assert all(e.authorized for e in exchange.requests("DELETE") if e.status != 401)
     assert not any(token.encode() in environ for token in issued)
 
 
@@ -433,7 +429,7 @@ async def test_the_watchdog_outlives_a_sigterm_sent_to_it_and_the_bot(
     bot.kill()
     async with asyncio.timeout(30):
         await _exited(watchdog_pid)
-    assert sorted(e.order_id for e in _deletes(exchange)) == sorted(ids)
+    assert sorted(e.order_id for e in exchange.requests("DELETE")) == sorted(ids)
     assert not exchange.open_stop_orders()
     assert _summary(tmp_path / "stops.db.watchdog.jsonl")["reason"] == "bot_died"
 
