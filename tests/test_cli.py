@@ -31,7 +31,17 @@ from .helpers import ACCOUNT, TOKEN
 REPO = Path(__file__).resolve().parent.parent
 #: Generous for a loaded CI machine; a healthy run takes well under a second.
 RUN_TIMEOUT = 30.0
-JSON_KEYS = {"order_id", "account_id", "outcome", "attempts", "elapsed", "error"}
+JSON_KEYS = {
+    "order_id",
+    "account_id",
+    "outcome",
+    "ok",
+    "attempts",
+    "elapsed",
+    "activated",
+    "error",
+    "order",
+}
 
 
 @dataclass(frozen=True)
@@ -188,6 +198,24 @@ async def test_kill_json_lines_for_scripts(exchange: FakeExchange, tmp_path: Pat
     assert exchange.open_stop_orders() == set()
 
 
+async def test_json_lines_carry_the_error_and_the_order_as_structured_fields(
+    exchange: FakeExchange,
+) -> None:
+    """`cancel --json`: a refused order's error has its type, message and status code; a
+    cancelled one carries the order as the exchange returned it."""
+    cancelled, refused = exchange.add_stop_orders(2, account_id=ACCOUNT)
+    exchange.inject_for(refused, Fault.error(403))
+    run = await run_cli("cancel", "--json", cancelled, refused, env=cli_env(exchange))
+    assert run.returncode == 1, run.stderr
+    first, second = (json.loads(line) for line in run.stdout.splitlines())
+    assert (first["outcome"], first["ok"], first["error"]) == ("cancelled", True, None)
+    assert first["order"]["orderId"] == cancelled
+    assert (second["outcome"], second["ok"], second["order"]) == ("failed", False, None)
+    assert second["error"]["type"] == "PermissionDeniedError"
+    assert second["error"]["fields"]["status_code"] == 403
+    assert "403" in second["error"]["message"]
+
+
 async def test_kill_summary_and_no_bar_off_a_terminal(
     exchange: FakeExchange, tmp_path: Path
 ) -> None:
@@ -271,6 +299,39 @@ async def test_exit_1_writes_pending_out_and_rerun_on_it_exits_0(
     assert pending.read_text(encoding="utf-8") == ""
     assert exchange.open_stop_orders() == set()
     assert len(exchange.requests("DELETE")) == 12
+
+
+async def test_the_retry_idiom_under_a_wrong_account_fails_and_lists_every_live_order(
+    exchange: FakeExchange, tmp_path: Path
+) -> None:
+    """`kill --pending-out left.txt || kill --ids left.txt` with the wrong account id: the
+    file lists all 300 live orders and the chain exits non-zero, never 0."""
+    order_ids = exchange.add_stop_orders(300, account_id=ACCOUNT)
+    exchange.add_account("acc-2")  # the token may use it, but the stops are on ACCOUNT
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"{o}\n" for o in order_ids), encoding="utf-8")
+    left = tmp_path / "left.txt"
+    command = f"{sys.executable} -m asyncstop"
+    script = (
+        f"{command} kill --ids {ids} --pending-out {left} || {command} kill --ids {left}; "
+        'echo "chain exit $?" >&2'
+    )
+    env = cli_env(exchange, {"ASYNCSTOP_ACCOUNT_ID": "acc-2"})
+    with signals_not_ignored():
+        proc = await asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            script,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    run = await finish(proc)
+    assert "chain exit 3" in run.stderr
+    assert left.read_text(encoding="utf-8").splitlines() == [f"acc-2,{o}" for o in order_ids]
+    assert "warning" in run.stderr
+    assert "300 order(s) that may still be live" in run.stderr
+    assert exchange.open_stop_orders() == set(order_ids)
 
 
 # -- usage and configuration errors --------------------------------------------------------
