@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
+import aiohttp
 import pytest
 
 import asyncstop
@@ -49,3 +50,14 @@ async def make_client(exchange: FakeExchange) -> AsyncIterator[ClientFactory]:
 async def client(make_client: ClientFactory) -> asyncstop.AsyncStopClient:
     """An open client for ACCOUNT on the fake exchange."""
     return await make_client()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain aiohttp session that sends each request exactly once (raw fake-exchange tests)."""
+    async with aiohttp.ClientSession() as session:
+        # aiohttp silently resends an idempotent request (DELETE is one) once when a
+        # reused keep-alive connection turns out to be closed. The fake's dropped
+        # connections must reach these tests as they happened: one request per attempt.
+        session._retry_connection = False
+        yield session
