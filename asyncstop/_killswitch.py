@@ -171,16 +171,19 @@ class KillSwitch:
             await preflight()
         return await self.client.warm_up(connections)
 
-    async def trigger(self) -> CancelReport:
+    async def trigger(self, *, include_protective: bool = True) -> CancelReport:
         """Cancel every order of the source (or join the run already going) and return the report.
 
-        If every caller waiting on a run is cancelled, the run is cancelled too
-        (its orders are settled as ``unknown`` or ``not_sent``); nothing is left
-        running once the last caller has returned.
+        A deliberate kill means "stop everything": a registry's protective
+        stops (stop-losses) are cancelled too, unless ``include_protective``
+        is False (they then stay live and registered). If every caller waiting
+        on a run is cancelled, the run is cancelled too (its orders are settled
+        as ``unknown`` or ``not_sent``); nothing is left running once the last
+        caller has returned.
         """
         if self._closed:
             raise RuntimeError("the kill switch is closed: build a new KillSwitch to fire again")
-        run = self._start()
+        run = self._start(include_protective)
         self._joiners += 1
         try:
             return await asyncio.shield(run)
@@ -235,18 +238,18 @@ class KillSwitch:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _start(self) -> asyncio.Task[CancelReport]:
+    def _start(self, include_protective: bool = True) -> asyncio.Task[CancelReport]:
         if self._run is None or self._run.done():
             self._run = asyncio.get_running_loop().create_task(
-                self._cancel_all(), name="asyncstop-kill-switch"
+                self._cancel_all(include_protective), name="asyncstop-kill-switch"
             )
             self._own(self._run)
             self._run.add_done_callback(_log_failed_run)
         self._tripped.set()
         return self._run
 
-    async def _cancel_all(self) -> CancelReport:
-        orders = await self._orders()
+    async def _cancel_all(self, include_protective: bool) -> CancelReport:
+        orders = await self._orders(include_protective)
         logger.warning("kill switch fired: cancelling every stop order")
         report = await self.client.cancel_stop_orders(
             _stream(orders),
@@ -262,10 +265,12 @@ class KillSwitch:
         logger.warning("kill switch done: %r", report)
         return report
 
-    async def _orders(self) -> Iterable[OrderItem] | AsyncIterable[OrderItem]:
+    async def _orders(
+        self, include_protective: bool
+    ) -> Iterable[OrderItem] | AsyncIterable[OrderItem]:
         source = self.source
         if isinstance(source, StopOrderRegistry):
-            return source.snapshot()
+            return source.snapshot(protective=None if include_protective else False)
         if isinstance(source, AsyncIterable | Iterable):
             return source
         produced: object = source()

@@ -3,61 +3,85 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal, Self
 
 import msgspec
 
-from .._auth import fetch_token
+from .._auth import command_token_provider
 from .._constants import DEFAULT_KILL_SWITCH_HEDGE, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT
-from .._errors import AsyncStopError, InvalidInputError, TokenProviderError, WatchdogError
+from .._errors import AsyncStopError, InvalidInputError, WatchdogError
 from .._logging import logger
 from .._registry import StopOrderRegistry
 from .._report import CancelReport
-from .._validation import (
-    check_account_id,
-    check_base_url,
-    check_bulk_settings,
-    check_count,
-    check_seconds,
-    check_token_source,
-)
+from .._validation import check_account_id, check_base_url
 from ._protocol import (
     LINE_LIMIT,
     Config,
     Disarm,
     Fire,
+    Fired,
     FireFailed,
     Heartbeat,
     Ready,
     Report,
     Results,
     StartFailed,
+    TakeOver,
     Token,
     WatchdogMessage,
     decode_results,
     encode,
-    jwt_expiry,
 )
+from ._settings import (
+    DEFAULT_DEADLINE,
+    DEFAULT_GIVE_UP_AFTER,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_START_TIMEOUT,
+    DEFAULT_TOKEN_COMMAND_TIMEOUT,
+    WatchdogSettings,
+)
+from ._spawn import Child
+from ._tokens import BotTokens
 
 if TYPE_CHECKING:
     from .._auth import TokenProvider
     from .._report import CancelResult
 
-__all__ = ["Watchdog", "WatchdogError"]
+__all__ = ["Watchdog", "WatchdogError", "WatchdogFired"]
 
-#: Seconds to wait for the watchdog's preflight and warm-up.
-DEFAULT_START_TIMEOUT: Final = 30.0
-#: A fresh token is fetched at most this long before it is needed.
-_REFRESH_AHEAD_MAX: Final = 300.0
-#: Seconds a disarmed watchdog gets to exit before it is killed.
+#: Seconds a disarmed (or taken over) watchdog gets to exit before it is killed.
 _EXIT_GRACE: Final = 10.0
+#: What a bot in PID 1 of its namespace is told (its death kills the whole namespace).
+_PID1: Final = (
+    "this process is PID 1 of its PID namespace (a container started without an init): "
+    "when it dies the kernel kills every process of the namespace, the watchdog too, "
+    "before it can send a cancel. Run the bot under an init: `docker run --init`, tini "
+    '(`ENTRYPOINT ["tini", "--"]`), or `init: true` in docker compose; or protect '
+    "the stops from another host with `asyncstop watchdog --store`"
+)
 
 _decoder: Final = msgspec.json.Decoder(WatchdogMessage)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogFired:
+    """Why and when a watchdog fired by itself (``Watchdog.fired``)."""
+
+    #: ``"heartbeat_timeout"`` (this bot's loop stalled) or ``"bot_died"``.
+    reason: str
+    #: When it fired (UTC).
+    at: dt.datetime
+    #: The watchdog process that fired (it goes on cancelling until settled).
+    pid: int
 
 
 class Watchdog:
@@ -68,31 +92,40 @@ class Watchdog:
         registry = asyncstop.StopOrderRegistry.open("stops.db")
         async with asyncstop.Watchdog(
             registry, base_url=..., token=..., account_id=...,
-            heartbeat_interval=0.5, heartbeat_timeout=3.0, deadline=10.0,
+            token_command=["vault", "read", "-field=jwt", "secret/b2"],
         ) as watchdog:
             ...                                   # the bot; registry.add() every stop it places
             report = await watchdog.fire()        # cancel every stop, from the watchdog
 
     Entering starts ``python -m asyncstop._watchdog`` in its own session (a
     terminal's Ctrl-C does not reach it) with its own client; it returns once
-    the watchdog passed preflight and warmed its connections. The token goes
-    over a private pipe, never on a command line or in an environment. The
-    watchdog cancels every stop in the registry (and removes what it
-    cancelled) when the bot dies (the pipe closes without a clean exit: at
-    once), when no heartbeat came for ``heartbeat_timeout`` seconds (the bot's
-    loop froze or its process stopped), or when :meth:`fire` asks.
-    After firing on its own it appends its report to :attr:`report_path` as
-    JSON lines and exits 0 when no order may still be live, 1 otherwise.
+    the watchdog holds the registry's lock (one watchdog per registry file),
+    passed preflight and warmed its connections. The token goes over a private
+    pipe, never on a command line or in an environment.
+
+    **Firing by itself.** When the bot dies (its pipe closes without a clean
+    exit: at once) or sends no heartbeat for ``heartbeat_timeout`` seconds
+    (its loop froze, its process stopped), the watchdog fences the registry
+    (``add()`` raises :class:`WatchdogError` until :meth:`restart`), tells the
+    bot (:attr:`fired`, :meth:`wait_fired`), and cancels the registry's
+    stops round after round, backing off up to 30 s between rounds, until
+    every one is settled or ``give_up_after`` seconds have passed; what it
+    cancelled leaves the registry, what may still be live stays. Protective
+    stops (``registry.add(..., protective=True)``: stop-losses) stay live,
+    unless ``cancel_protective_on_death=True``. It appends a line per round to
+    :attr:`report_path` and exits 0 when nothing may still be live, 1 otherwise.
+    With ``token_command`` (argv, no shell) it fetches its own tokens once the
+    bot cannot: after a 401 and ahead of the JWT's ``exp``; without one, its
+    protection of a dead bot ends at the token's ``exp`` (:attr:`protected_until`).
+
+    **fire()** is one run bounded by ``deadline``, protective stops included
+    unless ``include_protective=False``, whose report goes back to the bot.
 
     Leaving the block normally disarms it: nothing is cancelled. Leaving it
     with an exception (cancellation and KeyboardInterrupt included) fires it
     first, unless ``fire_on_error=False``. If the watchdog dies, the bot
     learns it (an ERROR log record, :attr:`alive` False); :meth:`restart`
-    starts a new one.
-
-    ``token`` may be an async provider: the bot's side then fetches a fresh
-    token ahead of the JWT's ``exp`` claim and passes it on, so that the
-    watchdog holds one valid for longer than ``heartbeat_timeout + deadline``.
+    starts a new one. A bot that is PID 1 of its namespace is refused.
     """
 
     def __init__(
@@ -102,9 +135,9 @@ class Watchdog:
         base_url: str,
         token: str | TokenProvider,
         account_id: str | None = None,
-        heartbeat_interval: float = 0.5,
-        heartbeat_timeout: float = 3.0,
-        deadline: float | None = 10.0,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+        deadline: float | None = DEFAULT_DEADLINE,
         concurrency: int | None = None,
         rate_limit: float | None = None,
         hedge: float | Literal["auto"] | None = DEFAULT_KILL_SWITCH_HEDGE,
@@ -114,6 +147,10 @@ class Watchdog:
         preflight: bool = True,
         warm_up: bool = True,
         start_timeout: float = DEFAULT_START_TIMEOUT,
+        give_up_after: float | None = DEFAULT_GIVE_UP_AFTER,
+        cancel_protective_on_death: bool = False,
+        token_command: Sequence[str] | None = None,
+        token_command_timeout: float = DEFAULT_TOKEN_COMMAND_TIMEOUT,
     ) -> None:
         path = registry.path
         if path is None:
@@ -124,64 +161,86 @@ class Watchdog:
         self.registry: Final = registry
         self.base_url: Final = check_base_url(base_url)
         self.account_id: Final = None if account_id is None else check_account_id(account_id)
-        self._token: str | None
-        self._provider: TokenProvider | None
-        self._token, self._provider = check_token_source(token)
-        check_seconds("heartbeat_interval", heartbeat_interval)
-        check_seconds("heartbeat_timeout", heartbeat_timeout)
-        if not heartbeat_timeout > heartbeat_interval:
-            raise InvalidInputError(
-                f"heartbeat_timeout ({heartbeat_timeout!r}) must be longer than "
-                f"heartbeat_interval ({heartbeat_interval!r})"
-            )
-        check_bulk_settings(
-            deadline=deadline, concurrency=concurrency, rate_limit=rate_limit, hedge=hedge
+        if token_command is not None:
+            # The same rules as any token command (a list of str, no shell).
+            command_token_provider(token_command, timeout=token_command_timeout)
+        #: Every setting but the registry, the base URL, the token and the account.
+        self.settings: Final = WatchdogSettings(
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            deadline=deadline,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
+            hedge=hedge,
+            fire_on_error=fire_on_error,
+            max_concurrency=max_concurrency,
+            timeout=timeout,
+            preflight=preflight,
+            warm_up=warm_up,
+            start_timeout=start_timeout,
+            give_up_after=give_up_after,
+            cancel_protective_on_death=cancel_protective_on_death,
+            token_command=None if token_command is None else tuple(token_command),
+            token_command_timeout=token_command_timeout,
         )
-        check_count("max_concurrency", max_concurrency, minimum=1)
-        check_seconds("timeout", timeout)
-        check_seconds("start_timeout", start_timeout)
-        self.heartbeat_interval: Final = heartbeat_interval
-        self.heartbeat_timeout: Final = heartbeat_timeout
-        self.deadline: Final = deadline
-        self.concurrency: Final = concurrency
-        self.rate_limit: Final = rate_limit
-        self.hedge: Final = hedge
-        self.fire_on_error: Final = fire_on_error
-        self.max_concurrency: Final = max_concurrency
-        self.timeout: Final = timeout
-        self.preflight: Final = preflight
-        self.warm_up: Final = warm_up
-        self.start_timeout: Final = start_timeout
+        self._tokens = BotTokens(token, self.settings)
         #: Where a watchdog that fired on its own appends its report (JSON lines).
         self.report_path: Final = Path(f"{path}.watchdog.jsonl")
+        #: The registry's orders when this watchdog first started, as (account_id, order_id):
+        #: what a previous session left. It protects them like the rest.
+        self.leftovers: tuple[tuple[str | None, str], ...] = ()
         self._registry_path = path
-        self._process: asyncio.subprocess.Process | None = None
+        self._child: Child | None = None
+        self._started_once = False
         self._tasks: list[asyncio.Task[None]] = []
         self._fires: dict[int, tuple[asyncio.Future[CancelReport], list[CancelResult]]] = {}
         self._next_fire = 0
         self._alive = False
         self._closing = False
+        self._fired: WatchdogFired | None = None
+        self._fired_event = asyncio.Event()
 
     # -- what the bot sees ---------------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
         """The watchdog's process id (None before the first start)."""
-        return None if self._process is None else self._process.pid
+        return None if self._child is None else self._child.pid
 
     @property
     def alive(self) -> bool:
-        """True while the watchdog process is running and armed."""
+        """True while the watchdog process is running and armed (False once it fired)."""
         return self._alive
 
     @property
     def returncode(self) -> int | None:
         """The exit status of the watchdog process once it has exited, else None."""
-        return None if self._process is None else self._process.returncode
+        return None if self._child is None else self._child.returncode
+
+    @property
+    def fired(self) -> WatchdogFired | None:
+        """Why and when the watchdog fired by itself, or None (reset by :meth:`restart`)."""
+        return self._fired
+
+    async def wait_fired(self) -> WatchdogFired:
+        """Return once the watchdog has fired by itself (at once if it has)."""
+        await self._fired_event.wait()
+        assert self._fired is not None
+        return self._fired
+
+    @property
+    def protected_until(self) -> dt.datetime | None:
+        """Until when a dead bot's stops are protected: its token's ``exp`` (UTC).
+
+        None when the watchdog can renew its token by itself (``token_command``)
+        or the token is not a JWT with an ``exp`` claim.
+        """
+        return self._tokens.protected_until
 
     def __repr__(self) -> str:
         return (
-            f"<Watchdog pid={self.pid} alive={self._alive} registry={str(self._registry_path)!r}>"
+            f"<Watchdog pid={self.pid} alive={self._alive} fired={self._fired is not None} "
+            f"registry={str(self._registry_path)!r}>"
         )
 
     async def __aenter__(self) -> Self:
@@ -194,7 +253,7 @@ class Watchdog:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        fire = exc is not None and self.fire_on_error
+        fire = exc is not None and self.settings.fire_on_error
         # Cleanup runs to its end even if this task is cancelled again meanwhile.
         leave = asyncio.get_running_loop().create_task(self._leave(fire))
         try:
@@ -216,79 +275,87 @@ class Watchdog:
         """Start the watchdog process; return once it is armed (preflight passed, warm).
 
         Raises :class:`WatchdogError` when it cannot get ready (its ``kind``
-        names the cause, such as ``"AuthenticationError"``), and
-        :class:`TokenProviderError` when the token provider raises, takes
-        longer than ``timeout`` or gives an unusable token (then no process is
-        started).
+        names the cause, such as ``"AuthenticationError"``), when another
+        watchdog guards the registry file, or when this process is PID 1 of
+        its namespace; :class:`TokenProviderError` when the token provider
+        raises, takes longer than ``timeout`` or gives an unusable token (then
+        no process is started).
         """
         if self._alive:
             raise RuntimeError(f"the watchdog (pid {self.pid}) is running already")
+        if os.getpid() == 1:
+            raise WatchdogError(f"the watchdog refuses to arm: {_PID1}", kind="PID1")
+        await self._take_over()
         await self._cleanup_tasks()
         self._closing = False
-        token = await self._first_token()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "asyncstop._watchdog",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            env=_child_env(token),
-            limit=LINE_LIMIT,
+        token = await self._tokens.first()
+        if not self._started_once:
+            self._note_leftovers()
+        child = await Child.start(
+            [sys.executable, "-m", "asyncstop._watchdog"], env=_child_env(token), limit=LINE_LIMIT
         )
-        self._process = process
+        self._child = child
         try:
-            ready = await self._handshake(process, token)
+            ready = await self._handshake(child, token)
         except WatchdogError as err:
             if err.kind is not None:
-                await _end(process)  # it said why and is exiting: let it finish
+                await _end(child)  # it said why and is exiting: let it finish
                 raise
             # Not ready in time: it must not arm later and fire on the closed pipe.
-            process.kill()
-            await process.wait()
+            await _kill(child)
             raise
         except BaseException:
-            process.kill()
-            await process.wait()
+            await _kill(child)
             raise
+        self._started_once = True
         self._alive = True
+        self._fired = None
+        self._fired_event.clear()
+        self._tokens.armed_with(token)
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._beat(process), name="asyncstop-watchdog-heartbeat"),
-            loop.create_task(self._read(process), name="asyncstop-watchdog-reader"),
-            loop.create_task(self._wait(process), name="asyncstop-watchdog-wait"),
+            loop.create_task(self._beat(child), name="asyncstop-watchdog-heartbeat"),
+            loop.create_task(self._read(child), name="asyncstop-watchdog-reader"),
+            loop.create_task(self._wait(child), name="asyncstop-watchdog-wait"),
         ]
-        if self._provider is not None:
-            self._tasks.append(
-                loop.create_task(self._refresh(process), name="asyncstop-watchdog-token")
+        if self._tokens.provider is not None:
+            refresh = self._tokens.refresh(
+                lambda fresh: self._send_token(child, fresh), lambda: self._fired is not None
             )
+            self._tasks.append(loop.create_task(refresh, name="asyncstop-watchdog-token"))
         logger.info("watchdog %d armed for %s", ready.pid, self._registry_path)
 
     async def restart(self) -> None:
-        """Start a new watchdog after the last one died (no-op while one is alive)."""
+        """Arm a new watchdog after the last one died or fired (no-op while one is armed).
+
+        A watchdog still cancelling after it fired hands over to the new one,
+        which protects what is left in the registry; ``registry.add()`` works
+        again and :attr:`fired` is None.
+        """
         if not self._alive:
             await self.start()
 
-    async def fire(self) -> CancelReport:
+    async def fire(self, *, include_protective: bool = True) -> CancelReport:
         """Cancel every stop in the registry from the watchdog's process; return its report.
 
-        The cancels run in the watchdog, so this loop only waits for the
-        report. Cancelling this call does not stop the watchdog's run.
-        Raises :class:`WatchdogError` when the watchdog is gone or fails, or
-        sends no report within ``deadline`` plus a grace.
+        Protective stops are cancelled too unless ``include_protective`` is
+        False. The cancels run in the watchdog, so this loop only waits for the
+        report. Cancelling this call does not stop the watchdog's run. Raises
+        :class:`WatchdogError` when the watchdog is gone, has fired by itself,
+        or fails, or sends no report within ``deadline`` plus a grace.
         """
-        process = self._require_alive()
-        assert process.stdin is not None
+        child = self._require_alive()
         request = self._next_fire = self._next_fire + 1
         future: asyncio.Future[CancelReport] = asyncio.get_running_loop().create_future()
         self._fires[request] = (future, [])
         try:
             try:
-                process.stdin.write(encode(Fire(id=request)))
-                await process.stdin.drain()
+                child.writer.write(encode(Fire(id=request, include_protective=include_protective)))
+                await child.writer.drain()
             except (ConnectionError, RuntimeError) as err:
                 self._lost(f"its pipe broke ({err})")
-            limit = None if self.deadline is None else self.deadline + _EXIT_GRACE
+            deadline = self.settings.deadline
+            limit = None if deadline is None else deadline + _EXIT_GRACE
             try:
                 async with asyncio.timeout(limit):
                     return await future
@@ -298,81 +365,93 @@ class Watchdog:
             self._fires.pop(request, None)
 
     async def close(self) -> None:
-        """Disarm the watchdog and let it exit without cancelling anything; idempotent."""
+        """Disarm the watchdog and let it exit without cancelling anything; idempotent.
+
+        A watchdog that fired by itself is not stopped: it goes on cancelling
+        until every stop is settled or ``give_up_after`` passed, and exits then.
+        """
         self._closing = True
         self._alive = False
-        process = self._process
-        if process is not None and process.returncode is None:
-            assert process.stdin is not None
-            try:
-                process.stdin.write(encode(Disarm()))
-                await process.stdin.drain()
-            except (ConnectionError, RuntimeError):
-                pass
-            await _end(process)
+        child = self._child
+        if child is not None and child.returncode is None:
+            if self._fired is not None:
+                logger.warning(
+                    "the watchdog (pid %d) fired and goes on cancelling after the bot leaves; "
+                    "its report: %s",
+                    child.pid,
+                    self.report_path,
+                )
+                child.close_pipes()
+            else:
+                try:
+                    child.writer.write(encode(Disarm()))
+                    await child.writer.drain()
+                except (ConnectionError, RuntimeError):
+                    pass
+                await _end(child)
         await self._cleanup_tasks()
 
     # -- the machinery -------------------------------------------------------------------------
 
-    def _require_alive(self) -> asyncio.subprocess.Process:
-        process = self._process
-        if not self._alive or process is None:
+    def _require_alive(self) -> Child:
+        child = self._child
+        if self._fired is not None:
+            raise WatchdogError(
+                f"the watchdog fired by itself at {self._fired.at.isoformat()} "
+                f"({self._fired.reason}) and is cancelling the registry's stops: "
+                "`await watchdog.restart()` arms a new one"
+            )
+        if not self._alive or child is None:
             raise WatchdogError(
                 "the watchdog is not running: use `async with Watchdog(...)`, "
                 "or `await watchdog.restart()` after it died"
             )
-        return process
+        return child
 
-    async def _first_token(self) -> str:
-        if self._provider is None:
-            assert self._token is not None
-            token = self._token
-        else:
-            token = await fetch_token(self._provider, self.timeout)
-            self._token = token
-        expiry = jwt_expiry(token)
-        if expiry is not None and expiry - time.time() < self._token_need:
+    async def _take_over(self) -> None:
+        """Stop a previous watchdog of ours that is still firing, so that a new one can lock."""
+        child = self._child
+        if child is None or child.returncode is not None:
+            return
+        logger.warning("the watchdog (pid %d) is still firing: taking over from it", child.pid)
+        try:
+            child.writer.write(encode(TakeOver()))
+            await child.writer.drain()
+        except (ConnectionError, RuntimeError):
+            pass
+        await _end(child)
+
+    def _note_leftovers(self) -> None:
+        stops = self.registry.stops()
+        self.leftovers = tuple(
+            (account_id or self.account_id, order) for account_id, order, _ in stops
+        )
+        if stops:
             logger.warning(
-                "the watchdog's token expires in %.0f s, sooner than heartbeat_timeout + deadline "
-                "(%.0f s): a watchdog firing after that cannot cancel",
-                expiry - time.time(),
-                self._token_need,
+                "the registry %s already holds %d stop order(s) from an earlier session "
+                "(its watchdog gave up or never ran): this watchdog protects them too; "
+                "see watchdog.leftovers",
+                self._registry_path,
+                len(stops),
             )
-        return token
 
-    @property
-    def _token_need(self) -> float:
-        """How long a token must stay valid: until a fire's deadline after the last heartbeat."""
-        return self.heartbeat_timeout + (self.deadline if self.deadline is not None else 0.0)
-
-    async def _handshake(self, process: asyncio.subprocess.Process, token: str) -> Ready:
-        assert process.stdin is not None
-        assert process.stdout is not None
+    async def _handshake(self, child: Child, token: str) -> Ready:
         config = Config(
             registry=str(self._registry_path),
             report_path=str(self.report_path),
             base_url=self.base_url,
             token=token,
             account_id=self.account_id,
-            heartbeat_timeout=self.heartbeat_timeout,
-            deadline=self.deadline,
-            concurrency=self.concurrency,
-            rate_limit=self.rate_limit,
-            hedge=self.hedge,
-            max_concurrency=self.max_concurrency,
-            timeout=self.timeout,
-            preflight=self.preflight,
-            warm_up=self.warm_up,
+            settings=self.settings,
         )
+        limit = self.settings.start_timeout
         try:
-            process.stdin.write(encode(config))
-            await process.stdin.drain()
-            async with asyncio.timeout(self.start_timeout):
-                line = await process.stdout.readline()
+            child.writer.write(encode(config))
+            await child.writer.drain()
+            async with asyncio.timeout(limit):
+                line = await child.reader.readline()
         except TimeoutError:
-            raise WatchdogError(
-                f"the watchdog was not ready within {self.start_timeout:g} s"
-            ) from None
+            raise WatchdogError(f"the watchdog was not ready within {limit:g} s") from None
         except (ConnectionError, RuntimeError) as err:
             raise WatchdogError(f"the watchdog process ended at start ({err})") from None
         if not line:
@@ -387,24 +466,20 @@ class Watchdog:
             raise WatchdogError(f"the watchdog sent {type(message).__name__} instead of Ready")
         return message
 
-    async def _beat(self, process: asyncio.subprocess.Process) -> None:
-        stdin = process.stdin
-        assert stdin is not None
-        while True:
+    async def _beat(self, child: Child) -> None:
+        while self._fired is None:
             try:
-                stdin.write(encode(Heartbeat(sent=time.monotonic())))
-                await stdin.drain()
+                child.writer.write(encode(Heartbeat(sent=time.monotonic())))
+                await child.writer.drain()
             except (ConnectionError, RuntimeError) as err:
                 self._lost(f"its heartbeat pipe broke ({type(err).__name__})")
                 return
-            await asyncio.sleep(self.heartbeat_interval)
+            await asyncio.sleep(self.settings.heartbeat_interval)
 
-    async def _read(self, process: asyncio.subprocess.Process) -> None:
-        stdout = process.stdout
-        assert stdout is not None
+    async def _read(self, child: Child) -> None:
         while True:
             try:
-                line = await stdout.readline()
+                line = await child.reader.readline()
                 message = _decoder.decode(line) if line else None
             except (ValueError, msgspec.DecodeError) as err:
                 logger.error("unreadable message from the watchdog: %s", err)
@@ -439,59 +514,46 @@ class Watchdog:
                             kind=message.kind,
                         )
                     )
+            elif isinstance(message, Fired):
+                self._on_fired(message)
 
-    async def _wait(self, process: asyncio.subprocess.Process) -> None:
-        status = await process.wait()
-        self._lost(
-            f"it exited with status {status} (if it fired on its own, its report is "
-            f"appended to {self.report_path})"
+    def _on_fired(self, message: Fired) -> None:
+        self._fired = WatchdogFired(
+            reason=message.reason, at=dt.datetime.fromisoformat(message.at), pid=message.pid
+        )
+        self._alive = False
+        for future, _ in self._fires.values():
+            if not future.done():
+                future.set_exception(
+                    WatchdogError(f"the watchdog fired by itself ({message.reason})")
+                )
+        self._fired_event.set()
+        logger.error(
+            "the watchdog (pid %d) fired by itself at %s (%s): it is cancelling the registry's "
+            "stops; registry.add() raises WatchdogError and nothing protects new stops until "
+            "`await watchdog.restart()`",
+            message.pid,
+            message.at,
+            "no heartbeat: this bot's loop stalled longer than heartbeat_timeout"
+            if message.reason == "heartbeat_timeout"
+            else message.reason,
         )
 
-    async def _refresh(self, process: asyncio.subprocess.Process) -> None:
-        provider = self._provider
-        stdin = process.stdin
-        assert provider is not None
-        assert stdin is not None
-        token = self._token
-        assert token is not None
-        received = time.time()
-        warned = False
-        while True:
-            expiry = jwt_expiry(token)
-            if expiry is None:
-                return  # no exp claim: nothing to schedule by; a 401 still refreshes
-            need = self._token_need
-            ahead = min(_REFRESH_AHEAD_MAX, max(0.0, (expiry - received - need) / 2))
-            wait = expiry - need - ahead - time.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            try:
-                fresh = await fetch_token(provider, self.timeout)
-            except TokenProviderError as err:
-                reason = str(err)
-            else:
-                fresh_expiry = jwt_expiry(fresh)
-                reason = "the token provider returned a token that expires no later"
-                if fresh_expiry is None or fresh_expiry > expiry:
-                    token, received = fresh, time.time()
-                    self._token = fresh
-                    try:
-                        stdin.write(encode(Token(token=fresh)))
-                        await stdin.drain()
-                    except (ConnectionError, RuntimeError):
-                        return  # the heartbeat task reports the broken pipe
-                    warned = False
-                    continue
-            left = expiry - time.time()
-            if not warned:
-                logger.warning(
-                    "%s; the watchdog's token expires in %.0f s (it needs %.0f s ahead)",
-                    reason,
-                    left,
-                    need,
-                )
-                warned = True
-            await asyncio.sleep(min(30.0, max(1.0, left / 4)))
+    async def _wait(self, child: Child) -> None:
+        status = await asyncio.shield(child.exited)
+        if self._fired is None:
+            self._lost(
+                f"it exited with status {status} (if it fired on its own, its report is "
+                f"appended to {self.report_path})"
+            )
+
+    async def _send_token(self, child: Child, token: str) -> bool:
+        try:
+            child.writer.write(encode(Token(token=token)))
+            await child.writer.drain()
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
 
     def _lost(self, why: str) -> None:
         """The watchdog is gone: say so once, and fail the fires waiting for it."""
@@ -515,17 +577,21 @@ class Watchdog:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _end(process: asyncio.subprocess.Process) -> None:
-    """Close the watchdog's stdin and wait for it to exit; kill it after a grace."""
-    if process.stdin is not None:
-        process.stdin.close()
+async def _end(child: Child) -> None:
+    """Close the watchdog's pipes and wait for it to exit; kill it after a grace."""
+    child.close_pipes()
     try:
         async with asyncio.timeout(_EXIT_GRACE):
-            await process.wait()
+            await asyncio.shield(child.exited)
     except TimeoutError:
-        logger.error("the watchdog %d did not exit: killing it", process.pid)
-        process.kill()
-        await process.wait()
+        logger.error("the watchdog %d did not exit: killing it", child.pid)
+        await _kill(child)
+
+
+async def _kill(child: Child) -> None:
+    child.kill()
+    child.close_pipes()
+    await asyncio.shield(child.exited)
 
 
 def _child_env(token: str) -> dict[str, str]:

@@ -2,10 +2,11 @@
 
 Bot -> watchdog (the watchdog's stdin): ``Config`` first (it carries the token,
 which is never on a command line or in an environment), then ``Heartbeat``,
-``Token``, ``Fire`` and ``Disarm``. Watchdog -> bot (its stdout): ``Ready`` or
-``StartFailed``, then for each ``Fire`` its results in ``Results`` chunks and a
-closing ``Report`` (or ``FireFailed``). A report travels in chunks so that the
-bot's loop decodes it a few hundred results at a time.
+``Token``, ``Fire``, ``Disarm`` and ``TakeOver``. Watchdog -> bot (its
+stdout): ``Ready`` or ``StartFailed``; for each ``Fire`` its results in
+``Results`` chunks and a closing ``Report`` (or ``FireFailed``); and ``Fired``
+when it fires by itself (a resumed bot reads it first thing). A report travels
+in chunks so that the bot's loop decodes it a few hundred results at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from .._errors import AsyncStopError, error_from_wire, error_to_wire
+from ._settings import WatchdogSettings
 
 if TYPE_CHECKING:
     from .._report import CancelResult
@@ -30,11 +32,13 @@ __all__ = [
     "Disarm",
     "Fire",
     "FireFailed",
+    "Fired",
     "Heartbeat",
     "Ready",
     "Report",
     "Results",
     "StartFailed",
+    "TakeOver",
     "Token",
     "WatchdogMessage",
     "decode_results",
@@ -57,15 +61,7 @@ class Config(msgspec.Struct, tag="config", kw_only=True):
     base_url: str
     token: str
     account_id: str | None
-    heartbeat_timeout: float
-    deadline: float | None
-    concurrency: int | None
-    rate_limit: float | None
-    hedge: float | str | None
-    max_concurrency: int
-    timeout: float
-    preflight: bool
-    warm_up: bool
+    settings: WatchdogSettings
 
 
 class Heartbeat(msgspec.Struct, tag="hb"):
@@ -84,10 +80,15 @@ class Fire(msgspec.Struct, tag="fire"):
     """Cancel every order in the registry now and report back (``id`` names the request)."""
 
     id: int
+    include_protective: bool = True
 
 
 class Disarm(msgspec.Struct, tag="disarm"):
     """The bot is leaving cleanly: exit without cancelling when the pipe closes."""
+
+
+class TakeOver(msgspec.Struct, tag="take_over"):
+    """The bot arms a new watchdog after this one fired: stop firing, release the lock, exit."""
 
 
 class Ready(msgspec.Struct, tag="ready"):
@@ -118,6 +119,14 @@ class Report(msgspec.Struct, tag="report"):
     source_error: str | None = None
 
 
+class Fired(msgspec.Struct, tag="fired"):
+    """The watchdog fired by itself: ``reason`` bot_died or heartbeat_timeout, ``at`` ISO UTC."""
+
+    reason: str
+    at: str
+    pid: int
+
+
 class FireFailed(msgspec.Struct, tag="fire_failed"):
     """A fire ended without a report."""
 
@@ -126,8 +135,8 @@ class FireFailed(msgspec.Struct, tag="fire_failed"):
     message: str
 
 
-BotMessage = Config | Heartbeat | Token | Fire | Disarm
-WatchdogMessage = Ready | StartFailed | Results | Report | FireFailed
+BotMessage = Config | Heartbeat | Token | Fire | Disarm | TakeOver
+WatchdogMessage = Ready | StartFailed | Results | Report | FireFailed | Fired
 
 _encoder: Final = msgspec.json.Encoder()
 
