@@ -52,6 +52,7 @@ SAMPLES: dict[type[asyncstop.AsyncStopError], asyncstop.AsyncStopError] = {
         available=["acc-1", "acc-2"],
     ),
     asyncstop.WatchdogError: asyncstop.WatchdogError("refused", kind="AuthenticationError"),
+    asyncstop.LeaseLostError: asyncstop.LeaseLostError("the lease of owner bot-1 expired"),
     asyncstop.APIError: asyncstop.APIError("unexpected error", order_id="o-2"),
     asyncstop.APIConnectionError: asyncstop.APIConnectionError(
         "connection refused", order_id="o-3", request_sent=False
