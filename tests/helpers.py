@@ -41,6 +41,35 @@ DOC_EXAMPLE = (
 )
 
 
+#: The documented paths, as the fake exchange serves them.
+STOP_ORDERS_PATH = "/frontoffice/api/v3/stop-orders/"
+ACCOUNTS_PATH = "/frontoffice/api/v3/accounts"
+#: The fields of the documented ``order`` object of a Cancel Stop order reply, in order.
+DOCUMENTED_FIELDS = [
+    "marketId",
+    "marketDisplayName",
+    "orderId",
+    "orderType",
+    "side",
+    "requestedPrice",
+    "activationPrice",
+    "requestedAmount",
+    "timeInForce",
+    "status",
+    "createdAt",
+    "updatedAt",
+    "cancellationDate",
+]
+#: The documented 404 body of Cancel Stop order.
+NOT_FOUND_BODY = {
+    "errorCode": 10002,
+    "message": "Object not found",
+    "errors": [{"key": "orderId", "code": "not_found", "message": "Stop order not found"}],
+}
+#: What a raw aiohttp client raises when the fake exchange drops its connection.
+DISCONNECTED = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
 class ClientFactory(Protocol):
     """The ``make_client`` fixture: opens a client; keyword arguments override the defaults."""
 
@@ -155,6 +184,53 @@ class ClientTimeline:
             for start in self.starts
             if any(read < start < read + seconds for read, seconds in self.pauses)
         ]
+
+
+# -- a raw HTTP client of the fake exchange (no asyncstop client code in between) -----------
+
+
+def documented_headers(account_id: str | None = ACCOUNT, token: str = TOKEN) -> dict[str, str]:
+    """The request headers of the documented example; ``account_id=None`` leaves accountId out."""
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json; x-api-version=4.0",
+        "Accept": "*/*",
+    }
+    if account_id is not None:
+        headers["accountId"] = account_id
+    return headers
+
+
+async def raw_delete(
+    session: aiohttp.ClientSession,
+    exchange: FakeExchange,
+    order_id: str,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one documented cancel with ``session``; return (status, response headers, body)."""
+    async with session.delete(
+        exchange.base_url + STOP_ORDERS_PATH + order_id,
+        headers=documented_headers() if headers is None else headers,
+        **kwargs,
+    ) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+async def raw_get_accounts(
+    session: aiohttp.ClientSession, exchange: FakeExchange, token: str = TOKEN
+) -> tuple[int, Any]:
+    """GET /frontoffice/api/v3/accounts as documented; return (status, decoded body)."""
+    async with session.get(
+        exchange.base_url + ACCOUNTS_PATH,
+        headers={"Authorization": f"Bearer {token}", "Accept": "*/*"},
+    ) as response:
+        return response.status, await response.json(content_type=None)
+
+
+def read_report(path: Path) -> list[dict[str, Any]]:
+    """The lines of a watchdog's report file (``<registry>.watchdog.jsonl``), decoded."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def read_report(path: Path) -> list[dict[str, Any]]:
