@@ -231,8 +231,3 @@ async def raw_get_accounts(
 def read_report(path: Path) -> list[dict[str, Any]]:
     """The lines of a watchdog's report file (``<registry>.watchdog.jsonl``), decoded."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def read_report(path: Path) -> list[dict[str, Any]]:
-    """The lines of a watchdog's report file (``<registry>.watchdog.jsonl``), decoded."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
