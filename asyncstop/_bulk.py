@@ -49,6 +49,11 @@ __all__ = ["run_bulk_cancel"]
 #: Taking in or reporting on a long list yields to the event loop after this
 #: many items, so that 100,000 orders do not stall the caller's other tasks.
 YIELD_EVERY: Final = 1000
+#: Seconds reserved per order still waiting for its first attempt, to settle it
+#: ``not_sent`` before the deadline: settling 100,000 orders takes a while, and
+#: the report is due at the deadline, not after it (measured 0.7-1.2 µs per
+#: order on a loaded 2-core machine; twice that is reserved).
+SETTLE_RESERVE_PER_ORDER: Final = 2e-6
 
 
 class _Job(OrderCancel):
@@ -148,6 +153,7 @@ class _BulkCancel:
         self.task_group: asyncio.TaskGroup | None = None
         self.source_error: Exception | None = None
         self.unsent_errors: dict[str, APIConnectionError] = {}
+        self.cutoff: asyncio.TimerHandle | None = None
 
     # -- intake ------------------------------------------------------------------------------
 
@@ -363,14 +369,45 @@ class _BulkCancel:
         )
 
     async def run(self, source: AsyncIterable[object] | None) -> None:
-        async with asyncio.timeout_at(self.deadline.at), asyncio.TaskGroup() as tg:
-            self.task_group = tg
-            for lane in self.lanes.values():
-                for _ in range(min(self.concurrency, len(lane.queue))):
-                    lane.workers += 1
-                    tg.create_task(self.work(lane))
-            if source is not None:
-                tg.create_task(self.feed(source))
+        self.schedule_cutoff()
+        try:
+            async with asyncio.timeout_at(self.deadline.at), asyncio.TaskGroup() as tg:
+                self.task_group = tg
+                for lane in self.lanes.values():
+                    for _ in range(min(self.concurrency, len(lane.queue))):
+                        lane.workers += 1
+                        tg.create_task(self.work(lane))
+                if source is not None:
+                    tg.create_task(self.feed(source))
+        finally:
+            if self.cutoff is not None:
+                self.cutoff.cancel()
+
+    def schedule_cutoff(self) -> None:
+        """Settle the orders no attempt can start for any more, just in time for the deadline.
+
+        The last moment an attempt may start, less the time it takes to settle
+        the orders still waiting for their first one: then they are settled
+        ``not_sent`` in one pass, while the requests in flight run on to the
+        deadline. (Otherwise the workers would reach each of them just after
+        that moment and settle them one by one, past the deadline: 100,000 ids
+        with a 2 s deadline returned after 2.5 s.) Re-armed as the queues shrink.
+        """
+        self.cutoff = None
+        latest = self.deadline.latest_start
+        if latest is None:
+            return
+        waiting = sum(len(lane.queue) for lane in self.lanes.values())
+        when = latest - waiting * SETTLE_RESERVE_PER_ORDER
+        if when > self.loop.time():
+            self.cutoff = self.loop.call_at(when, self.schedule_cutoff)
+            return
+        unsent = self.unsent("the deadline passed")
+        for lane in self.lanes.values():
+            queue = lane.queue
+            while queue:
+                job = queue.popleft()
+                self.settle(job, CancelOutcome.NOT_SENT, None, job.last_error or unsent)
 
 
 async def run_bulk_cancel(
