@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -231,3 +235,99 @@ async def raw_get_accounts(
 def read_report(path: Path) -> list[dict[str, Any]]:
     """The lines of a watchdog's report file (``<registry>.watchdog.jsonl``), decoded."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# -- a bot process with a watchdog (the watchdog tests) -----------------------------------------
+
+#: A bot: reads its settings line, arms a Watchdog with ``settings["watchdog"]``,
+#: registers ``settings["add"]`` ([order_id, protective] pairs), prints a ready line
+#: (or the WatchdogError that refused it) and waits to be killed.
+WATCHDOG_BOT = """
+import asyncio, json, sys
+import asyncstop
+
+async def main():
+    cfg = json.loads(sys.stdin.readline())
+    registry = asyncstop.StopOrderRegistry.open(cfg["registry"])
+    try:
+        async with asyncstop.Watchdog(registry, **cfg["watchdog"]) as watchdog:
+            for order_id, protective in cfg["add"]:
+                registry.add(order_id, protective=protective)
+            ready = {"watchdog": watchdog.pid, "leftovers": watchdog.leftovers}
+            print(json.dumps(ready), flush=True)
+            await asyncio.Event().wait()
+    except asyncstop.WatchdogError as err:
+        print(json.dumps({"error": str(err)}), flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def process_exited(pid: int) -> None:
+    """Return once process ``pid`` (not necessarily our child) has ended (Linux: a pidfd)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+    loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+    try:
+        await ended
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+class WatchdogBot:
+    """A bot process started by :func:`start_watchdog_bot`: its process and its ready line."""
+
+    def __init__(self, process: asyncio.subprocess.Process, ready: dict[str, Any]) -> None:
+        self.process = process
+        self.ready = ready
+        self.watchdog_pid: int = ready.get("watchdog", 0)
+
+
+async def start_watchdog_bot(
+    registry: Path,
+    watchdog: dict[str, Any],
+    add: Sequence[tuple[str, bool]] = (),
+    *,
+    argv_prefix: tuple[str, ...] = (),
+) -> WatchdogBot:
+    """Start :data:`WATCHDOG_BOT` and return once it printed its ready (or error) line."""
+    bot = await asyncio.create_subprocess_exec(
+        *argv_prefix,
+        sys.executable,
+        "-c",
+        WATCHDOG_BOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert bot.stdin is not None
+    assert bot.stdout is not None
+    settings = {"registry": str(registry), "watchdog": watchdog, "add": list(add)}
+    bot.stdin.write(json.dumps(settings).encode() + b"\n")
+    try:
+        async with asyncio.timeout(45):
+            await bot.stdin.drain()
+            line = await bot.stdout.readline()
+    except BaseException:
+        bot.kill()
+        await bot.wait()
+        raise
+    return WatchdogBot(bot, json.loads(line) if line else {"error": "no ready line"})
+
+
+async def stop_watchdog_bot(bot: WatchdogBot) -> None:
+    """Kill the bot if it runs; wait for its watchdog to end (kill it after 60 s)."""
+    if bot.process.returncode is None:
+        bot.process.kill()
+    await bot.process.wait()
+    if bot.watchdog_pid:
+        try:
+            async with asyncio.timeout(60):
+                await process_exited(bot.watchdog_pid)
+        except TimeoutError:
+            os.kill(bot.watchdog_pid, signal.SIGKILL)
+            raise

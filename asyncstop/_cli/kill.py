@@ -41,6 +41,14 @@ def add_parser(commands: Subcommands) -> None:
             "and remove from it what is no longer live"
         ),
     )
+    parser.add_argument(
+        "--keep-protective",
+        action="store_true",
+        help=(
+            "with --registry: leave the stops registered as protective (stop-losses guarding "
+            "an open position) live and registered; by default every stop is cancelled"
+        ),
+    )
     add_cancel_arguments(parser, run)
 
 
@@ -68,7 +76,7 @@ def _run_registry(args: argparse.Namespace, context: Context, settings: Settings
         raise UsageError(f"{args.registry}: not a registry asyncstop can open: {err}") from None
     with registry:
         items: list[tuple[str, str]] = []
-        for item in registry.snapshot():
+        for item in registry.snapshot(protective=False if args.keep_protective else None):
             if isinstance(item, tuple):
                 items.append(item)
             elif settings.account_id is None:
