@@ -661,6 +661,20 @@ async def test_verbose_logs_count_repeats_instead_of_a_line_per_order(
     assert len(debug.stderr.splitlines()) >= 200  # -vv shows every record
 
 
+@pytest.mark.parametrize("verbose", ["-v", "-vv"])
+async def test_asyncstop_log_and_verbose_together_write_each_record_once(
+    exchange: FakeExchange, verbose: str
+) -> None:
+    """ASYNCSTOP_LOG=debug with -v or -vv: one stderr handler, so every record appears once."""
+    order_ids = exchange.add_stop_orders(3, account_id=ACCOUNT)
+    env = cli_env(exchange, {"ASYNCSTOP_LOG": "debug"})
+    run = await run_cli("cancel", verbose, *order_ids, env=env)
+    assert run.returncode == 0, run.stderr
+    done = [line for line in run.stderr.splitlines() if "bulk cancel done" in line]
+    assert len(done) == 1, run.stderr
+    assert TOKEN not in run.stderr
+
+
 # -- fake-exchange and demo --------------------------------------------------------------------
 
 

@@ -194,11 +194,10 @@ class ResultTracker:
         return [item for item in dict.fromkeys(self.items) if item not in self.results]
 
     def unconfirmed(self) -> list[tuple[str, str]]:
-        """Distinct input orders not known to be gone."""
+        """Distinct input orders not known to be gone (the report's rule: warning included)."""
+        live = {(r.account_id, r.order_id) for r in self.partial_report().pending}
         known = self.results
-        return [
-            item for item in dict.fromkeys(self.items) if item not in known or not known[item].ok
-        ]
+        return [item for item in dict.fromkeys(self.items) if item not in known or item in live]
 
 
 def _client_for(settings: Settings, args: argparse.Namespace) -> AsyncStopClient:
