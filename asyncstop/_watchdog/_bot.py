@@ -49,7 +49,7 @@ from ._settings import (
     DEFAULT_TOKEN_COMMAND_TIMEOUT,
     WatchdogSettings,
 )
-from ._spawn import Child
+from ._spawn import Child, child_env, end, kill
 from ._tokens import BotTokens
 
 if TYPE_CHECKING:
@@ -58,8 +58,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Watchdog", "WatchdogError", "WatchdogFired"]
 
-#: Seconds a disarmed (or taken over) watchdog gets to exit before it is killed.
-_EXIT_GRACE: Final = 10.0
+#: Seconds a fire's report may come after its deadline.
+_FIRE_GRACE: Final = 10.0
 #: What a bot in PID 1 of its namespace is told (its death kills the whole namespace).
 _PID1: Final = (
     "this process is PID 1 of its PID namespace (a container started without an init): "
@@ -292,20 +292,20 @@ class Watchdog:
         if not self._started_once:
             self._note_leftovers()
         child = await Child.start(
-            [sys.executable, "-m", "asyncstop._watchdog"], env=_child_env(token), limit=LINE_LIMIT
+            [sys.executable, "-m", "asyncstop._watchdog"], env=child_env(token), limit=LINE_LIMIT
         )
         self._child = child
         try:
             ready = await self._handshake(child, token)
         except WatchdogError as err:
             if err.kind is not None:
-                await _end(child)  # it said why and is exiting: let it finish
+                await end(child)  # it said why and is exiting: let it finish
                 raise
             # Not ready in time: it must not arm later and fire on the closed pipe.
-            await _kill(child)
+            await kill(child)
             raise
         except BaseException:
-            await _kill(child)
+            await kill(child)
             raise
         self._started_once = True
         self._alive = True
@@ -355,7 +355,7 @@ class Watchdog:
             except (ConnectionError, RuntimeError) as err:
                 self._lost(f"its pipe broke ({err})")
             deadline = self.settings.deadline
-            limit = None if deadline is None else deadline + _EXIT_GRACE
+            limit = None if deadline is None else deadline + _FIRE_GRACE
             try:
                 async with asyncio.timeout(limit):
                     return await future
@@ -388,7 +388,7 @@ class Watchdog:
                     await child.writer.drain()
                 except (ConnectionError, RuntimeError):
                     pass
-                await _end(child)
+                await end(child)
         await self._cleanup_tasks()
 
     # -- the machinery -------------------------------------------------------------------------
@@ -419,7 +419,7 @@ class Watchdog:
             await child.writer.drain()
         except (ConnectionError, RuntimeError):
             pass
-        await _end(child)
+        await end(child)
 
     def _note_leftovers(self) -> None:
         stops = self.registry.stops()
@@ -575,28 +575,3 @@ class Watchdog:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _end(child: Child) -> None:
-    """Close the watchdog's pipes and wait for it to exit; kill it after a grace."""
-    child.close_pipes()
-    try:
-        async with asyncio.timeout(_EXIT_GRACE):
-            await asyncio.shield(child.exited)
-    except TimeoutError:
-        logger.error("the watchdog %d did not exit: killing it", child.pid)
-        await _kill(child)
-
-
-async def _kill(child: Child) -> None:
-    child.kill()
-    child.close_pipes()
-    await asyncio.shield(child.exited)
-
-
-def _child_env(token: str) -> dict[str, str]:
-    """This environment minus anything holding the token, and this asyncstop first on the path."""
-    env = {name: value for name, value in os.environ.items() if token not in value}
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env

@@ -13,11 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
 
-__all__ = ["Child"]
+from .._logging import logger
+
+__all__ = ["Child", "child_env", "end", "kill"]
+
+#: Seconds a disarmed (or taken over) watchdog gets to exit before it is killed.
+EXIT_GRACE: Final = 10.0
 
 
 class Child:
@@ -65,12 +73,16 @@ class Child:
         assert popen.stdout is not None
         assert popen.stdin is not None
         reader = asyncio.StreamReader(limit=limit)
-        read_transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), popen.stdout
-        )
-        transport, protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, popen.stdin
-        )
+        try:
+            read_transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), popen.stdout
+            )
+            transport, protocol = await loop.connect_write_pipe(
+                asyncio.streams.FlowControlMixin, popen.stdin
+            )
+        except BaseException:
+            popen.kill()
+            raise
         writer = asyncio.StreamWriter(transport, protocol, None, loop)
         return cls(popen, reader, read_transport, writer, exited)
 
@@ -91,3 +103,28 @@ class Child:
         """Close our ends of both pipes (the child reads end of file)."""
         self.writer.close()
         self._read_transport.close()
+
+
+async def end(child: Child) -> None:
+    """Close the watchdog's pipes and wait for it to exit; kill it after a grace."""
+    child.close_pipes()
+    try:
+        async with asyncio.timeout(EXIT_GRACE):
+            await asyncio.shield(child.exited)
+    except TimeoutError:
+        logger.error("the watchdog %d did not exit: killing it", child.pid)
+        await kill(child)
+
+
+async def kill(child: Child) -> None:
+    child.kill()
+    child.close_pipes()
+    await asyncio.shield(child.exited)
+
+
+def child_env(token: str) -> dict[str, str]:
+    """This environment minus anything holding the token, and this asyncstop first on the path."""
+    env = {name: value for name, value in os.environ.items() if token not in value}
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
