@@ -31,6 +31,7 @@ from .._argtypes import count
 from .bulk import ResultTracker
 from .common import EXIT_OK, EXIT_PENDING, PROG, Subcommands, UsageError
 from .context import Context
+from .demo_offhost import run_offhost_part
 from .demo_watchdog import BOT_ORDERS, run_watchdog_part
 from .display import add_output_arguments, describe_pending, make_progress, print_summary
 from .output import Output
@@ -163,11 +164,18 @@ async def _demo(args: argparse.Namespace, out: Output) -> int:
             concurrency=args.concurrency,
             verbose=args.verbose,
         )
+        # None: skipped (no PostgreSQL here), which leaves nothing live either.
+        offhost_ok = await run_offhost_part(exchange, out, token=_TOKEN, verbose=args.verbose)
     _say(out)
-    if kill_switch_ok and watchdog_ok:
-        _say(out, "Both parts leave 0 live stop orders on the exchange.")
+    if kill_switch_ok and watchdog_ok and offhost_ok is not False:
+        ran = "All three parts" if offhost_ok else "Both parts"
+        _say(out, f"{ran} leave 0 live stop orders on the exchange.")
         return EXIT_OK
-    failed = [name for name, ok in (("1", kill_switch_ok), ("2", watchdog_ok)) if not ok]
+    failed = [
+        name
+        for name, ok in (("1", kill_switch_ok), ("2", watchdog_ok), ("3", offhost_ok))
+        if ok is False
+    ]
     _say(
         out,
         f"Part {' and '.join(failed)} left stop orders live on the exchange; "

@@ -62,6 +62,21 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def _base_dir() -> str | None:
+    """Where to make the server's directory: the temp dir, unless the postgres user can't reach it.
+
+    As root the server runs as ``postgres``, which must traverse every parent
+    (pytest's and some TMPDIRs are private to root); /tmp always lets it.
+    """
+    if os.geteuid() != 0:
+        return None
+    path = Path(tempfile.gettempdir()).resolve()
+    for folder in (path, *path.parents):
+        if not folder.stat().st_mode & 0o001:
+            return "/tmp"  # noqa: S108 - world-traversable, and the directory itself is 0700
+    return None
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -84,7 +99,7 @@ class TemporaryPostgres:
         self.bindir = bindir
         self.durable = durable
         self.port = _free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="asyncstop-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix="asyncstop-pg-", dir=_base_dir()))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self._as_user: list[str] = []
