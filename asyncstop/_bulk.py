@@ -7,7 +7,9 @@ accounts share it fairly, and a lane paused by a 429 holds no slot while it
 waits. Every job ends in exactly one :class:`CancelResult`: workers catch
 their own errors, and whatever the deadline or a caller's cancellation
 interrupts is settled afterwards from the job's state (never sent: ``not_sent``;
-sent: ``unknown``).
+sent: ``unknown``). The orders still waiting for their first attempt when too
+little time is left are settled ``not_sent`` in one pass just before the
+deadline, so that the report of a long list is ready at the deadline.
 """
 
 from __future__ import annotations
