@@ -779,11 +779,13 @@ async def test_demo_cancels_everything(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "The exchange's own view: 0 live stop orders." in run.stdout
     assert "2,000 live stop orders over 2 account(s)" in run.stdout
-    assert "Part 2: the bot dies (SIGKILL) with 200 live stops" in run.stdout
+    assert "dies (SIGKILL) with 200 live stops in it; its watchdog keeps going" in run.stdout
+    assert "the watchdog still running, still trying" in run.stdout  # during the outage
     before, after, watchdog_pid = _demo_part_2(run.stdout)
     assert (before, after) == (200, 0)
     assert re.search(
-        r"bot killed \(SIGKILL\) at \+0 ms; first DELETE at \+\d+ ms; last cancel at \+\d+ ms",
+        r"bot killed \(SIGKILL\) at \+0 ms; first DELETE at \+\d+ ms; "
+        r"exchange recovered at \+\d+ ms; last cancel at \+\d+ ms",
         run.stdout,
     ), run.stdout
     assert re.search(r"(Both|All three) parts leave 0 live stop orders on the exchange", run.stdout)

@@ -2,8 +2,8 @@
 
 It does what a trading bot should do with the stops it places: it reads its
 settings, the token among them, from stdin (never its command line or its
-environment), records each stop in a durable registry, arms a watchdog
-(``asyncstop.Watchdog``), prints one ``ready`` line (JSON, see
+environment), arms a watchdog (``asyncstop.Watchdog``), records each stop in a durable
+registry, prints one ``ready`` line (JSON, see
 :class:`.demo_watchdog.BotReady`) and carries on until its stdin ends, which
 it treats as a normal end: it leaves the watchdog's block, which disarms it.
 SIGKILL gives it no such chance; that is the point of the demo.
@@ -31,20 +31,19 @@ async def _run(config: BotConfig) -> None:
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     with StopOrderRegistry.open(config.registry) as registry:
-        started = time.perf_counter()
-        for order_id in config.order_ids:
-            registry.add(order_id, account_id=config.account_id)
-        add_seconds = time.perf_counter() - started
         async with Watchdog(
             registry,
             base_url=config.base_url,
             token=config.token,
             account_id=config.account_id,
-            heartbeat_interval=config.heartbeat_interval,
-            heartbeat_timeout=config.heartbeat_timeout,
-            deadline=config.deadline,
-            max_concurrency=config.max_concurrency,
+            **config.watchdog.as_kwargs(),
         ) as watchdog:
+            # As a bot does: each stop is registered as its place call returns,
+            # once its watchdog is armed.
+            started = time.perf_counter()
+            for order_id in config.order_ids:
+                registry.add(order_id, account_id=config.account_id)
+            add_seconds = time.perf_counter() - started
             assert watchdog.pid is not None
             ready = BotReady(
                 pid=os.getpid(),

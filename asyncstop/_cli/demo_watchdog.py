@@ -1,12 +1,14 @@
-"""Part 2 of ``asyncstop demo``: a bot is killed with SIGKILL; its watchdog cancels its stops.
+"""Part 2 of ``asyncstop demo``: a bot is SIGKILLed in an exchange outage; its watchdog keeps going.
 
 The bot is ``python -m asyncstop._cli.demo_bot`` (:mod:`.demo_bot`). It gets
 its settings, the token among them, as one JSON line on stdin (never on its
 command line or in its environment, the pattern a real bot should follow),
-records every order id in a durable :class:`asyncstop.StopOrderRegistry`,
-arms an :class:`asyncstop.Watchdog` and answers with one ``ready`` line. Then
-this process kills it with SIGKILL and judges the watchdog's work by the fake
-exchange's own journal and its own count of live stops.
+arms an :class:`asyncstop.Watchdog`, records every order id in a durable
+:class:`asyncstop.StopOrderRegistry` and answers with one ``ready`` line.
+Then the exchange (in this process) starts answering every cancel with 503,
+this process kills the bot with SIGKILL, and the exchange recovers
+:data:`OUTAGE_SECONDS` later. The watchdog must not give up meanwhile: its
+work is judged by the fake exchange's own journal and count of live stops.
 
 The bot and its watchdog write their log (stderr) to a file in a temporary
 directory, shown only with ``-v`` or when something went wrong; the directory
@@ -28,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from asyncstop._watchdog._settings import WatchdogSettings
+
 from .common import PROG
 from .output import Output
 
@@ -45,14 +49,15 @@ __all__ = [
 BOT_ORDERS: Final = 200
 #: The bot's account: its own, so that the exchange's count is the bot's alone.
 BOT_ACCOUNT: Final = "demo-bot"
-HEARTBEAT_INTERVAL: Final = 0.2
-HEARTBEAT_TIMEOUT: Final = 1.0
-#: The watchdog's deadline for its cancel run.
-WATCHDOG_DEADLINE: Final = 5.0
+#: Seconds the exchange answers every cancel with 503, from the kill on.
+OUTAGE_SECONDS: Final = 3.0
+#: The bot's watchdog: a quick heartbeat, short rounds, and no end to its trying
+#: within the demo (it gives up only after an hour, the default).
+WATCHDOG: Final = WatchdogSettings(heartbeat_interval=0.2, heartbeat_timeout=1.0, deadline=5.0)
 #: Seconds the bot may take to start, fill its registry and arm its watchdog
 #: (which itself may take up to 30 s to pass preflight): generous for a loaded machine.
 _READY_TIMEOUT: Final = 45.0
-#: Seconds to wait after the kill for the exchange to hold none of the bot's stops.
+#: Seconds to wait after the recovery for the exchange to hold none of the bot's stops.
 _SETTLE_TIMEOUT: Final = 15.0
 #: Seconds a process gets to exit on its own before it is killed.
 _EXIT_GRACE: Final = 5.0
@@ -71,10 +76,8 @@ class BotConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     account_id: str
     registry: str
     order_ids: list[str]
-    max_concurrency: int
-    heartbeat_interval: float
-    heartbeat_timeout: float
-    deadline: float
+    #: Passed on as ``Watchdog(..., **watchdog.as_kwargs())``.
+    watchdog: WatchdogSettings
 
 
 class BotReady(msgspec.Struct, frozen=True, kw_only=True, tag="ready", tag_field="event"):
@@ -106,7 +109,8 @@ async def run_watchdog_part(
     _say(out)
     _say(
         out,
-        f"Part 2: the bot dies (SIGKILL) with {orders:,} live stops; its watchdog cancels them",
+        f"Part 2: the exchange fails every cancel (503) for {OUTAGE_SECONDS:g} s, and the bot "
+        f"dies (SIGKILL) with {orders:,} live stops in it; its watchdog keeps going",
     )
     with tempfile.TemporaryDirectory(prefix="asyncstop-demo-") as directory:
         log_path = Path(directory) / "bot.log"
@@ -116,10 +120,7 @@ async def run_watchdog_part(
             account_id=BOT_ACCOUNT,
             registry=str(Path(directory) / "stops.db"),
             order_ids=order_ids,
-            max_concurrency=concurrency,
-            heartbeat_interval=HEARTBEAT_INTERVAL,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            deadline=WATCHDOG_DEADLINE,
+            watchdog=msgspec.structs.replace(WATCHDOG, max_concurrency=concurrency),
         )
         ok = await _kill_the_bot(exchange, out, config, log_path, verbose)
         if not ok or verbose:
@@ -130,9 +131,11 @@ async def run_watchdog_part(
 async def _kill_the_bot(
     exchange: FakeExchange, out: Output, config: BotConfig, log_path: Path, verbose: int
 ) -> bool:
-    from asyncstop.testing import wait_until  # noqa: PLC0415 - only the demo needs the testing kit
+    # Only the demo needs the testing kit.
+    from asyncstop.testing import Faults, wait_until  # noqa: PLC0415
 
     account = config.account_id
+    settings = config.watchdog
     async with _bot_process(log_path, _bot_env(verbose)) as bot:
         ready = await _start(bot, config)
         if ready is None:
@@ -152,15 +155,23 @@ async def _kill_the_bot(
             _say(
                 out,
                 f"  watchdog  pid {ready.watchdog_pid}, its own process and session: heartbeat "
-                f"every {config.heartbeat_interval:g} s; fires when the bot's pipe closes, or "
-                f"after {config.heartbeat_timeout:g} s without a heartbeat",
+                f"every {settings.heartbeat_interval:g} s; fires when the bot's pipe closes, or "
+                f"after {settings.heartbeat_timeout:g} s without a heartbeat",
             )
             before = len(exchange.open_stop_orders(account))
             _say(out, f"  live stops before the kill: {before:,} (exchange's count)")
             loop = asyncio.get_running_loop()
+            exchange.faults = Faults(error_before=1.0)  # the outage: every cancel gets 503
             killed_at = loop.time()  # the journal's clock
-            bot.kill()
-            await bot.wait()
+            try:
+                bot.kill()
+                await bot.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(watchdog.ended), OUTAGE_SECONDS)
+            finally:
+                exchange.faults = Faults()
+            recovered_at = loop.time()
+            _say(out, _outage_line(exchange, account, killed_at, watchdog.ended.done()))
             orders = exchange.orders
             # On a timeout the exchange's count below says what is left.
             with contextlib.suppress(AssertionError):
@@ -171,7 +182,7 @@ async def _kill_the_bot(
                     ),
                     timeout=_SETTLE_TIMEOUT,
                 )
-            # The watchdog writes its report, then exits: wait for it, briefly.
+            # The watchdog writes its last report line, then exits: wait for it, briefly.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_EXIT_GRACE):
                     await asyncio.shield(watchdog.ended)
@@ -180,7 +191,7 @@ async def _kill_the_bot(
                 for entry in exchange.journal
                 if entry.method == "DELETE" and entry.account_id == account
             ]
-            _say(out, _timing_line(deletes, killed_at))
+            _say(out, _timing_line(deletes, killed_at, recovered_at))
             _say(out, _report_line(Path(ready.report_path), len(deletes)))
             after = len(exchange.open_stop_orders(account))
             _say(out, f"  live stops after: {after:,} (exchange's count)")
@@ -188,37 +199,57 @@ async def _kill_the_bot(
                 _say(
                     out,
                     f"  the watchdog (pid {watchdog.pid}) had not exited "
-                    f"{_SETTLE_TIMEOUT + _EXIT_GRACE:g} s after the kill: killing it",
+                    f"{_SETTLE_TIMEOUT + _EXIT_GRACE:g} s after the recovery: killing it",
                 )
             return after == 0
 
 
-def _timing_line(deletes: list[JournalEntry], killed_at: float) -> str:
+def _outage_line(exchange: FakeExchange, account: str, killed_at: float, ended: bool) -> str:
+    refused = sum(
+        1
+        for entry in exchange.journal
+        if entry.method == "DELETE" and entry.account_id == account and entry.status == 503
+    )
+    state = "had exited (it gave up)" if ended else "still running, still trying"
+    return (
+        f"  outage    {OUTAGE_SECONDS:g} s from the kill: {refused:,} DELETEs answered 503, "
+        f"{len(exchange.open_stop_orders(account)):,} stops still live; the watchdog {state}"
+    )
+
+
+def _timing_line(deletes: list[JournalEntry], killed_at: float, recovered_at: float) -> str:
     def ms(at: float) -> str:
         return f"+{(at - killed_at) * _MS:.0f} ms"
 
     if not deletes:
         return "  bot killed (SIGKILL) at +0 ms; no DELETE reached the exchange"
-    text = f"  bot killed (SIGKILL) at +0 ms; first DELETE at {ms(min(e.time for e in deletes))}"
+    text = (
+        f"  bot killed (SIGKILL) at +0 ms; first DELETE at {ms(min(e.time for e in deletes))}; "
+        f"exchange recovered at {ms(recovered_at)}"
+    )
     cancels = [e.done_time for e in deletes if e.applied]
     if cancels:
-        text += f"; last cancel at {ms(max(cancels))}"
+        last = max(cancels)
+        text += f"; last cancel at {ms(last)} ({last - recovered_at:.1f} s after the recovery)"
     return text
 
 
 def _report_line(path: Path, requests: int) -> str:
-    """The watchdog's own account of its run: the first line of the report it wrote."""
+    """The watchdog's own account of its firing: the last line of the report it wrote."""
     try:
         with path.open(encoding="utf-8") as report:
-            summary: dict[str, Any] = json.loads(report.readline())
-    except (OSError, ValueError) as err:
+            lines = report.read().splitlines()
+        first: dict[str, Any] = json.loads(lines[0])
+        last: dict[str, Any] = json.loads(lines[-1])
+    except (OSError, ValueError, IndexError) as err:
         return f"  the watchdog wrote no readable report ({type(err).__name__}: {err})"
-    counts: Mapping[str, int] = summary.get("counts", {})
+    counts: Mapping[str, int] = last.get("counts", {})
     tally = ", ".join(f"{n:,} {outcome}" for outcome, n in counts.items()) or "nothing"
     return (
-        f"  watchdog  its report, next to the registry: {summary.get('reason')}; "
-        f"{summary.get('orders', 0):,} orders: {tally}; {summary.get('pending', 0):,} may still "
-        f"be live ({requests:,} DELETEs, retries included)"
+        f"  watchdog  its report, next to the registry: {first.get('reason')}; "
+        f"{last.get('rounds', 0)} round(s), {last.get('event')}: {tally}; "
+        f"{len(last.get('pending', [])):,} may still be live ({requests:,} DELETEs, "
+        "retries included)"
     )
 
 
