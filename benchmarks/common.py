@@ -25,6 +25,7 @@ __all__ = [
     "Figure",
     "FigureSet",
     "LoopFactory",
+    "ScenarioSkipped",
     "Settings",
     "Stopwatch",
     "loop_factories",
@@ -40,6 +41,10 @@ TOKEN: Final = "bench-token"  # noqa: S105 - a made-up token for our own fake se
 
 #: A loop factory for asyncio.Runner; None is the default asyncio loop.
 LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
+
+
+class ScenarioSkipped(Exception):
+    """A scenario cannot run on this machine (no PostgreSQL, say); the message says why."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ TITLES: Final = {
     4: "Event-loop responsiveness",
     5: "Memory per order",
     6: "Watchdog: bot death, bot loop lag, registry latency",
+    7: "PostgreSQL: add() latency, lease renewals, machine death to last cancel",
 }
 
 
