@@ -11,9 +11,9 @@ import pytest
 
 import asyncstop
 from asyncstop._postgres._tempserver import TemporaryPostgres
-from asyncstop.testing import wait_until
+from asyncstop.testing import FakeExchange, wait_until
 
-from .helpers import WAIT_LIMIT
+from .helpers import ACCOUNT, WAIT_LIMIT, ClientFactory
 
 
 async def test_add_snapshot_discard_follow_the_item_rules_per_owner(postgres_dsn: str) -> None:
@@ -169,3 +169,27 @@ def test_watchdog_command_without_asyncpg_prints_one_line_and_exits_2() -> None:
     assert len(lines) == 1
     assert "pip install 'asyncstop[postgres]'" in lines[0]
     assert "Traceback" not in out.stderr
+
+
+async def test_a_lost_lease_trips_a_kill_switch_over_the_registry(
+    postgres_dsn: str, exchange: FakeExchange, make_client: ClientFactory
+) -> None:
+    """docs/offhost.md's pattern: wait_lost() returns, and KillSwitch(client, registry) cancels."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    client = await make_client()
+    async with (
+        await asyncstop.PostgresRegistry.connect(postgres_dsn, owner="bot-1") as registry,
+        await asyncstop.PostgresRegistry.connect(postgres_dsn, owner="bot-1") as usurper,
+        registry.lease(ttl=30.0) as lease,
+    ):
+        for order_id in ids:
+            await registry.add(order_id, ACCOUNT)
+        switch = asyncstop.KillSwitch(client, registry)
+        async with usurper.lease(ttl=30.0):
+            # The next renewal (every 10 s) or add learns it; an add does so at once.
+            with pytest.raises(asyncstop.LeaseLostError):
+                await registry.add("late", ACCOUNT)
+            await asyncio.wait_for(lease.wait_lost(), WAIT_LIMIT)
+            report = await switch.trigger()
+    assert report.ok
+    assert exchange.open_stop_orders(ACCOUNT) == set()
