@@ -13,12 +13,19 @@
 * **Registry latency.** One ``add()`` plus one ``discard()`` on a durable
   registry (``synchronous="NORMAL"`` and ``"FULL"``) and on the in-memory one,
   timed on the bot's thread.
+* **Outage recovery.** A bot with 1,000 stops is SIGKILLed as a fake exchange
+  (in this process) starts answering every cancel with 503; it recovers
+  ``OUTAGE`` seconds later (30, or 5 with ``--quick``). Measured: the time from
+  the recovery to the last cancel (the issue's bound: 45 s; the watchdog's
+  rounds back off to at most 30 s apart), the rounds it ran, and its CPU share
+  from its second round to the recovery (it must sleep between rounds, not spin).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import math
 import os
@@ -65,6 +72,14 @@ TARGET_REGISTRY_P99_US: Final = 200.0
 IDLE_SECONDS: Final = 1.0
 #: Seconds any one child may take (start, fire, exit).
 CHILD_TIMEOUT: Final = 60.0
+#: The outage case: stops, seconds of outage (full and quick), and the targets.
+OUTAGE_ORDERS: Final = 1_000
+OUTAGE: Final = 30.0
+OUTAGE_QUICK: Final = 5.0
+TARGET_RECOVERY_S: Final = 45.0
+TARGET_IDLE_CPU_PCT: Final = 2.0
+#: Seconds between two readings of the watchdog's CPU time in the outage.
+_CPU_SAMPLE_EVERY: Final = 0.05
 
 _BOT: Final = """
 import asyncio, json, sys
@@ -83,6 +98,44 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+def _report_lines(registry: Path) -> list[dict[str, Any]]:
+    """The lines of the watchdog's report file next to ``registry``."""
+    lines = Path(f"{registry}.watchdog.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _idle_share(samples: list[tuple[float, float]], lines: list[dict[str, Any]]) -> float:
+    """CPU seconds per second inside the sleeps between rounds (from the report's round lines)."""
+    cpu = wall = 0.0
+    for line in lines:
+        pause = line.get("next_round_in") if line.get("event") == "round" else None
+        if not pause:
+            continue
+        # A margin each side: the round's last work and the next round's first.
+        start = _wall(line["time"]) + _CPU_SAMPLE_EVERY
+        end = start + pause - 2 * _CPU_SAMPLE_EVERY
+        inside = [(t, c) for t, c in samples if start <= t <= end]
+        if len(inside) >= 2:
+            cpu += inside[-1][1] - inside[0][1]
+            wall += inside[-1][0] - inside[0][0]
+    return cpu / wall if wall else math.nan
+
+
+def _wall(stamp: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time from the watchdog's report."""
+    return dt.datetime.fromisoformat(stamp).timestamp()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (Linux; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_exit(pid: int, timeout: float) -> None:
@@ -159,6 +212,7 @@ class _Watchdog:
                 _all_cores(watchdog_pid)
                 time.sleep(2 * INTERVAL)  # armed and beating, as in a running bot
                 killed_at = time.monotonic()
+                killed_wall = time.time()
                 bot.send_signal(signal.SIGKILL)
                 _wait_exit(watchdog_pid, CHILD_TIMEOUT)
             finally:
@@ -169,12 +223,14 @@ class _Watchdog:
                     if stream is not None:
                         stream.close()
             lines = Path(f"{path}.watchdog.jsonl").read_text().splitlines()
-            summary: dict[str, Any] = json.loads(lines[0])
+            fired: dict[str, Any] = json.loads(lines[0])
+            last: dict[str, Any] = json.loads(lines[-1])
         account = server.stats()["accounts"].get(ACCOUNT_ID, {})
         figures = self.figures
         case = f"N={self.death_n} C={CONCURRENCY} 20 ms"
-        detected = summary["fired_at"] - killed_at
-        done = summary["done_at"] - killed_at
+        # The report's times are wall-clock (ISO 8601, to the millisecond).
+        detected = _wall(fired["time"]) - killed_wall
+        done = _wall(last["time"]) - killed_wall
         bound = math.ceil(self.death_n / CONCURRENCY) * round_trip + detected
         figures.add(case, "kill -> fired", "ms", detected * 1e3)
         figures.add(case, "kill -> first DELETE", "ms", (account["first"] - killed_at) * 1e3)
@@ -182,7 +238,7 @@ class _Watchdog:
         figures.add(
             case, "all settled / bound", "x", done / bound
         ).note = f"bound ceil(N/C) x {round_trip * 1e3:.1f} ms + detection"
-        figures.add(case, "not cancelled", "orders", float(summary["pending"]))
+        figures.add(case, "not cancelled", "orders", float(len(last["pending"])))
 
     # -- bot loop lag --------------------------------------------------------------------------
 
@@ -274,12 +330,86 @@ class _Watchdog:
                 for registry in registries.values():
                     registry.close()
 
+    # -- outage recovery -----------------------------------------------------------------------
+
+    async def outage(self) -> None:
+        from asyncstop.testing import FakeExchange, Faults  # noqa: PLC0415 - the bench extra
+
+        seconds = OUTAGE_QUICK if self.settings.quick else OUTAGE
+        async with FakeExchange(tokens={TOKEN}, seed=6) as exchange:
+            ids = exchange.add_stop_orders(OUTAGE_ORDERS, account_id=ACCOUNT_ID)
+            with _registry_file(ids) as path:
+                bot = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-c",
+                    _BOT,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,  # the watchdog's round-by-round WARNINGs
+                    env=child_env(),
+                    cwd=repo_root(),
+                )
+                assert bot.stdin is not None
+                assert bot.stdout is not None
+                config = {
+                    "registry": str(path),
+                    "base_url": exchange.base_url,
+                    "token": TOKEN,
+                    "account_id": ACCOUNT_ID,
+                    "interval": INTERVAL,
+                    "timeout": TIMEOUT,
+                    "concurrency": CONCURRENCY,
+                }
+                loop = asyncio.get_running_loop()
+                try:
+                    bot.stdin.write(json.dumps(config).encode() + b"\n")
+                    async with asyncio.timeout(CHILD_TIMEOUT):
+                        line = await bot.stdout.readline()
+                    watchdog_pid = json.loads(line)["watchdog"]
+                    exchange.faults = Faults(error_before=1.0)
+                    killed_at = loop.time()
+                    bot.kill()
+                    await bot.wait()
+                    samples: list[tuple[float, float]] = []  # (wall clock, CPU seconds)
+                    while loop.time() < killed_at + seconds:
+                        samples.append((time.time(), _cpu_seconds(watchdog_pid)))
+                        await asyncio.sleep(_CPU_SAMPLE_EVERY)
+                finally:
+                    exchange.faults = Faults()
+                    if bot.returncode is None:
+                        bot.kill()
+                        await bot.wait()
+                recovered_at = loop.time()
+                await asyncio.to_thread(_wait_exit, watchdog_pid, CHILD_TIMEOUT)
+                rounds = _report_lines(path)
+                last = rounds[-1]
+            cancels = [e.done_time for e in exchange.requests("DELETE") if e.applied]
+            live = len(exchange.open_stop_orders(ACCOUNT_ID))
+        case = f"outage {seconds:g} s N={OUTAGE_ORDERS}"
+        figures = self.figures
+        figures.add(
+            case, "recovery -> last cancel", "s", max(cancels, default=math.nan) - recovered_at
+        ).note = "rounds back off with jitter to at most 30 s apart"
+        figures.add(case, "rounds", "rounds", float(last.get("rounds", 0)))
+        total = (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
+        figures.add(
+            case, "watchdog CPU in the outage", "%", total * 100
+        ).note = f"rounds included: {OUTAGE_ORDERS:,} orders x 4 attempts each"
+        figures.add(
+            case, "watchdog CPU between rounds", "%", _idle_share(samples, rounds) * 100
+        ).note = "while it sleeps out the backoff: it must not spin"
+        figures.add(case, "not cancelled", "orders", float(live))
+
     def check_targets(self) -> None:
         for figure in self.figures:
             if figure.metric == "kill -> first DELETE":
                 figure.check(
                     f"<= {TARGET_FIRST_DELETE_MS:g} ms", lambda v: v <= TARGET_FIRST_DELETE_MS
                 )
+            elif figure.metric == "recovery -> last cancel":
+                figure.check(f"<= {TARGET_RECOVERY_S:g} s", lambda v: v <= TARGET_RECOVERY_S)
+            elif figure.metric == "watchdog CPU between rounds":
+                figure.check(f"<= {TARGET_IDLE_CPU_PCT:g} %", lambda v: v <= TARGET_IDLE_CPU_PCT)
             elif figure.metric == "not cancelled":
                 figure.check("0 in every run", lambda v: v == 0, on_max=True)
             elif figure.case == "watchdog.fire()" and figure.metric == "lag p99":
@@ -320,5 +450,7 @@ def run(settings: Settings) -> list[Figure]:
             scenario.bot_death(server, round_trip)
     for _ in range(settings.runs):
         scenario.registry_latency()
+    for _ in range(settings.runs):
+        run_in_loop(None, scenario.outage)
     scenario.check_targets()
     return scenario.figures.as_list()
