@@ -37,7 +37,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from . import _replies
 from ._accounts import FakeAccount, encode_accounts
-from ._faults import Fault, FaultDraw, Faults, checked_faults
+from ._control import CONTROL_PREFIX, ControlSurface
+from ._faults import Fault, FaultDraw, Faults, checked_faults, checked_outage
 from ._gate import Gate, Refusal
 from ._journal import JournalEntry, Outcome, PendingEntry
 from ._orders import FakeStopOrder, OrderBook, cancel, encode_cancel_reply, other_order
@@ -117,6 +118,8 @@ class FakeExchange(OrderBook):
             any request with a body (GET /accounts: Accept and no body).
         keep_journal: record every request in :attr:`journal`; turn off for long
             benchmarks (pause violations are recorded either way).
+        control: serve the control surface under ``/_fake/`` to loopback clients
+            (counts, new orders, faults; see ``docs/fake-exchange.md``).
 
     Attributes:
         tokens: accepted bearer tokens (mutable: remove one to simulate its expiry).
@@ -124,6 +127,7 @@ class FakeExchange(OrderBook):
         accounts: every account the exchange knows, by id, as :class:`FakeAccount`
             (those named in ``tokens``, given orders, or added by :meth:`add_account`).
         faults: the random fault mix (reassignable).
+        outage: a fault every cancel and ``GET /accounts`` meets first (reassignable).
         orders: every order by id; :class:`FakeStopOrder` records, mutable.
         journal: every request in arrival order, as :class:`JournalEntry`.
         pause_violations: requests that arrived during a 429 pause, after the grace.
@@ -147,6 +151,7 @@ class FakeExchange(OrderBook):
         pause_grace: float = 0.02,
         strict_headers: bool = True,
         keep_journal: bool = True,
+        control: bool = True,
     ) -> None:
         self._stalls = StallMeter()
         limiter = RateLimiter(
@@ -160,6 +165,8 @@ class FakeExchange(OrderBook):
         self._draw = FaultDraw(seed, schedule)
         super().__init__(seed)
         self.faults: Faults = faults if faults is not None else Faults()
+        self._outage: Fault | None = None
+        self._control = ControlSurface(self) if control else None
         for account_ids in self._gate.token_accounts.values():
             for account_id in account_ids:
                 self._known_account(account_id)
@@ -199,7 +206,7 @@ class FakeExchange(OrderBook):
             raise RuntimeError("a closed FakeExchange cannot be started again; make a new one")
         loop = asyncio.get_running_loop()
         self._loop = loop
-        server = web.Server(self._handle, loop=loop, access_log=None)
+        server = web.Server(self._serve, loop=loop, access_log=None)
         runner = web.ServerRunner(server, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
         try:
@@ -339,6 +346,20 @@ class FakeExchange(OrderBook):
 
     # -- what tests set up ---------------------------------------------------
 
+    @property
+    def outage(self) -> Fault | None:
+        """A fault every cancel and ``GET /accounts`` meets before anything else; None: none.
+
+        ``Fault.error(503)``, ``Fault.drop()`` or ``Fault.hang()``, cancelling
+        nothing, whatever the token: the exchange is down. It takes no request
+        number and leaves the scripted faults for later.
+        """
+        return self._outage
+
+    @outage.setter
+    def outage(self, fault: Fault | None) -> None:
+        self._outage = checked_outage(fault)
+
     def inject(self, *faults: Fault) -> None:
         """Queue scripted faults; each is consumed by one later DELETE request, in order."""
         self._draw.inject(faults)
@@ -367,6 +388,11 @@ class FakeExchange(OrderBook):
             self._accounts_script.append(fault)
 
     # -- the server ----------------------------------------------------------
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._control is not None and request.path.startswith(CONTROL_PREFIX):
+            return await self._control.handle(request)
+        return await self._handle(request)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         protocol = request.protocol
@@ -439,10 +465,12 @@ class FakeExchange(OrderBook):
 
     async def _delete(self, request: web.BaseRequest, pending: PendingEntry) -> web.StreamResponse:
         """The four steps of the module docstring: gate, draw the faults, wait, answer."""
-        refusal = self._gate.check_delete(request, pending.entry)
-        if refusal is not None:
-            return self._refuse(pending, refusal)
-        fault, delay = self._draw.draw(self.faults, pending.entry.order_id)
+        fault, delay = self._outage, 0.0
+        if fault is None:
+            refusal = self._gate.check_delete(request, pending.entry)
+            if refusal is not None:
+                return self._refuse(pending, refusal)
+            fault, delay = self._draw.draw(self.faults, pending.entry.order_id)
         if not await self._wait_out(request, pending, fault, delay):
             return _replies.drop(request)
         return await self._answer(request, pending, fault)
@@ -450,10 +478,12 @@ class FakeExchange(OrderBook):
     async def _get_accounts(
         self, request: web.BaseRequest, pending: PendingEntry
     ) -> web.StreamResponse:
-        refusal = self._gate.check_accounts(request, pending.entry)
-        if refusal is not None:
-            return self._refuse(pending, refusal)
-        fault = self._accounts_script.pop(0) if self._accounts_script else None
+        fault = self._outage
+        if fault is None:
+            refusal = self._gate.check_accounts(request, pending.entry)
+            if refusal is not None:
+                return self._refuse(pending, refusal)
+            fault = self._accounts_script.pop(0) if self._accounts_script else None
         if fault is not None:
             if not await self._wait_out(request, pending, fault, 0.0):
                 return _replies.drop(request)
