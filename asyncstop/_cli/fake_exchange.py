@@ -1,5 +1,8 @@
 """``asyncstop fake-exchange``: serve a fake exchange on 127.0.0.1 to try ``kill`` against.
 
+It prints its URL, its token and the URL of its control surface (counts, new
+orders, faults switched on and off while it runs; ``docs/fake-exchange.md``).
+
 The arguments and the server are :mod:`asyncstop.testing`'s own, so that this
 command and ``python -m asyncstop.testing`` take the same flags.
 """
@@ -23,9 +26,11 @@ def add_parser(commands: Subcommands) -> None:
         help="serve a fake exchange on 127.0.0.1 to try kill against",
         description=(
             "Serve a fake exchange with stop orders to cancel, on 127.0.0.1, until Ctrl-C or "
-            "SIGTERM. It prints its base_url, token and accounts, then the orders as "
-            "account_id,order_id lines (or writes them to --ids-out), ready for "
-            "`asyncstop kill --ids`."
+            "SIGTERM. It prints its base_url, token, control URL and accounts, then the orders "
+            "as account_id,order_id lines (or writes them to --ids-out), ready for "
+            "`asyncstop kill --ids`. The control URL, for clients on this machine only, shows "
+            "the live and cancelled orders per account, adds orders and switches faults "
+            "(an outage, latency, 429s) while it runs: see docs/fake-exchange.md."
         ),
     )
     add_fake_exchange_arguments(parser)

@@ -16,7 +16,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-__all__ = ["Fault", "FaultDraw", "FaultKind", "Faults", "LongTailLatency", "spread_faults"]
+from ._ratelimit import format_seconds
+
+__all__ = [
+    "Fault",
+    "FaultDraw",
+    "FaultKind",
+    "Faults",
+    "LongTailLatency",
+    "checked_faults",
+    "checked_outage",
+    "spread_faults",
+]
 
 FaultKind = Literal[
     "error",
@@ -93,6 +104,8 @@ class Faults:
     - ``drop_before``: close the connection without an answer, without cancelling.
     - ``drop_after``: cancel (if applicable), then close the connection without an answer.
     - ``hang``: never answer; the connection is dropped when the exchange closes.
+    - ``rate_limited``: answer 429 with ``Retry-After: retry_after`` (seconds; None
+      sends none) and pause the account that long, as :meth:`Fault.rate_limited`.
     - ``latency``: seconds to wait before answering, fixed or a :class:`LongTailLatency`
       (drawn from a separate seeded RNG, so changing it does not change the fault sequence).
 
@@ -105,7 +118,9 @@ class Faults:
     drop_before: float = 0.0
     drop_after: float = 0.0
     hang: float = 0.0
+    rate_limited: float = 0.0
     error_status: int = 503
+    retry_after: float | None = 1.0
     latency: float | LongTailLatency = 0.0
 
     def __post_init__(self) -> None:
@@ -115,6 +130,7 @@ class Faults:
             "drop_before": self.drop_before,
             "drop_after": self.drop_after,
             "hang": self.hang,
+            "rate_limited": self.rate_limited,
         }
         for name, value in probabilities.items():
             _check_probability(name, value)
@@ -122,6 +138,15 @@ class Faults:
             raise ValueError("the fault probabilities must add up to at most 1")
         if not 400 <= self.error_status <= 599:
             raise ValueError(f"error_status must be a 4xx or 5xx status, not {self.error_status!r}")
+        if self.retry_after is not None and not (
+            isinstance(self.retry_after, int | float)
+            and math.isfinite(self.retry_after)
+            and self.retry_after >= 0
+        ):
+            raise ValueError(
+                f"retry_after must be a non-negative number of seconds or None, "
+                f"not {self.retry_after!r}"
+            )
         if isinstance(self.latency, int | float) and not (
             math.isfinite(self.latency) and self.latency >= 0
         ):
@@ -349,6 +374,19 @@ def checked_faults(faults: Iterable[object]) -> tuple[Fault, ...]:
     return tuple(checked)
 
 
+def checked_outage(fault: object) -> Fault | None:
+    """``fault`` if it can stand for an outage (an error, a drop or a hang that cancels nothing)."""
+    if fault is None:
+        return None
+    (checked,) = checked_faults([fault])
+    if checked.kind not in ("error", "drop", "hang") or checked.apply:
+        raise ValueError(
+            "an outage is Fault.error(status), Fault.drop() or Fault.hang(), cancelling nothing; "
+            f"not {checked!r}"
+        )
+    return checked
+
+
 def spread_faults(faults: Iterable[Fault], *, within: int, seed: int = 0) -> dict[int, Fault]:
     """A seeded schedule: each fault at its own request number from 1 to ``within``.
 
@@ -390,6 +428,10 @@ def _random_fault(faults: Faults, draw: float) -> Fault | None:
     threshold += faults.hang
     if draw < threshold:
         return _HANG
+    threshold += faults.rate_limited
+    if draw < threshold:
+        seconds = faults.retry_after
+        return Fault.rate_limited(None if seconds is None else format_seconds(float(seconds)))
     return None
 
 

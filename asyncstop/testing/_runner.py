@@ -19,6 +19,7 @@ from typing import Final, TextIO
 
 from .._argtypes import count, fraction, positive_float
 from .._signals import StopSignals, stop_signals
+from ._control import CONTROL_PREFIX
 from ._exchange import FakeExchange
 from ._faults import Faults
 
@@ -104,9 +105,15 @@ def add_fake_exchange_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="number of accounts, named acc-1, acc-2, ... (default: %(default)s)",
     )
-    parser.add_argument(
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument(
         "--token",
         help=f"the accepted bearer token (default: a random one, printed at start){_STATED}",
+    )
+    tokens.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"read the accepted bearer token from this file, as a bot would{_STATED}",
     )
     parser.add_argument(
         "--latency",
@@ -160,9 +167,10 @@ async def serve_forever(
 ) -> None:
     """Start ``exchange``, describe it on ``out``, serve until SIGINT/SIGTERM or ``stop``, close.
 
-    The description is ``key: value`` lines (``base_url``, ``token``, ``accounts``,
-    ``orders``), then, unless ``ids_out`` is given, one ``account_id,order_id``
-    line per order; ``ids_out`` gets those lines instead.
+    The description is ``key: value`` lines (``base_url``, ``token``, ``control``:
+    the URL of the control surface, ``accounts``, ``orders``), then, unless
+    ``ids_out`` is given, one ``account_id,order_id`` line per order; ``ids_out``
+    gets those lines instead.
     """
     out = out if out is not None else sys.stdout
     stop = stop if stop is not None else asyncio.Event()
@@ -172,12 +180,13 @@ async def serve_forever(
     try:
         async with exchange:
             id_lines = [f"{order.account_id},{oid}\n" for oid, order in exchange.orders.items()]
-            accounts = sorted({order.account_id for order in exchange.orders.values()})
+            accounts = list(exchange.accounts)
             if ids_out is not None:
                 # Written before base_url is shown, so a script that waits for it finds the file.
                 await asyncio.to_thread(ids_out.write_text, "".join(id_lines), encoding="utf-8")
             out.write(f"base_url: {exchange.base_url}\n")
             out.write(f"token: {' '.join(sorted(exchange.tokens))}\n")
+            out.write(f"control: {exchange.base_url}{CONTROL_PREFIX.rstrip('/')}\n")
             out.write(f"accounts: {','.join(accounts)}\n")
             where = f"written to {ids_out}" if ids_out is not None else "listed below"
             out.write(f"orders: {len(id_lines)} ({where} as account_id,order_id)\n")
@@ -195,10 +204,19 @@ def run_fake_exchange(args: argparse.Namespace) -> int:
 
     Blocks until SIGINT or SIGTERM, then returns 0. Returns 2 after writing
     ``<prog>: error: <reason>`` to standard error when it cannot serve (the
-    port is taken, ``--ids-out`` cannot be written).
+    port is taken, ``--ids-out`` cannot be written, ``--token-file`` cannot be read).
     """
     prog = getattr(args, "fake_exchange_prog", None) or _PROG
     token = args.token if args.token is not None else secrets.token_urlsafe(24)
+    if getattr(args, "token_file", None) is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            sys.stderr.write(f"{prog}: error: cannot read --token-file: {err}\n")
+            return _EXIT_USAGE
+        if not token:
+            sys.stderr.write(f"{prog}: error: --token-file {args.token_file} is empty\n")
+            return _EXIT_USAGE
     third = args.fault_rate / 3
     exchange = FakeExchange(
         tokens={token},
