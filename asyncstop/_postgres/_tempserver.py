@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -54,12 +53,19 @@ def unavailable_reason() -> str | None:
     """Why no temporary PostgreSQL can be started here, in one line; None when one can."""
     if find_bindir() is None:
         return "no PostgreSQL server binaries (initdb, pg_ctl) on this machine"
-    if os.geteuid() == 0:
+    if _is_root():
+        import pwd  # noqa: PLC0415 - Unix only
+
         try:
             pwd.getpwnam(_SYSTEM_USER)
         except KeyError:
             return "running as root and there is no 'postgres' system user to run PostgreSQL as"
     return None
+
+
+def _is_root() -> bool:
+    geteuid = getattr(os, "geteuid", None)  # not on Windows
+    return geteuid is not None and geteuid() == 0
 
 
 def _base_dir() -> str | None:
@@ -68,7 +74,7 @@ def _base_dir() -> str | None:
     As root the server runs as ``postgres``, which must traverse every parent
     (pytest's and some TMPDIRs are private to root); /tmp always lets it.
     """
-    if os.geteuid() != 0:
+    if not _is_root():
         return None
     path = Path(tempfile.gettempdir()).resolve()
     for folder in (path, *path.parents):
@@ -103,7 +109,9 @@ class TemporaryPostgres:
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self._as_user: list[str] = []
-        if os.geteuid() == 0:
+        if _is_root():
+            import pwd  # noqa: PLC0415 - Unix only
+
             user = pwd.getpwnam(_SYSTEM_USER)
             os.chown(self.root, user.pw_uid, user.pw_gid)
             self._as_user = ["runuser", "-u", _SYSTEM_USER, "--"]
