@@ -26,7 +26,7 @@ import asyncstop
 from asyncstop import StopOrderRegistry, Watchdog, WatchdogError
 from asyncstop.testing import FakeExchange, Faults, wait_until
 
-from .helpers import ACCOUNT, TOKEN, read_report
+from .helpers import ACCOUNT, TOKEN, process_exited, read_report
 
 _log = logging.getLogger(__name__)
 
@@ -54,22 +54,6 @@ def _watchdog(exchange: FakeExchange, registry: StopOrderRegistry, **overrides: 
     }
     settings.update(overrides)
     return Watchdog(registry, **settings)
-
-
-async def _exited(pid: int) -> None:
-    """Return once process ``pid`` (not necessarily our child) has ended."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    loop = asyncio.get_running_loop()
-    ended = loop.create_future()
-    loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
-    try:
-        await ended
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
 
 
 def _proc_file(pid: int, name: str) -> bytes:
@@ -144,7 +128,7 @@ async def bot_process(
         await bot.wait()
         if watchdog_pid:
             async with asyncio.timeout(30):
-                await _exited(watchdog_pid)
+                await process_exited(watchdog_pid)
 
 
 async def test_sigkill_of_the_bot_cancels_every_registered_stop(
@@ -157,7 +141,7 @@ async def test_sigkill_of_the_bot_cancels_every_registered_stop(
     killed_at = asyncio.get_running_loop().time()  # the journal's clock
     bot.kill()
     async with asyncio.timeout(30):
-        await _exited(watchdog_pid)
+        await process_exited(watchdog_pid)
     assert not exchange.open_stop_orders()
     deletes = exchange.requests("DELETE")
     assert sorted(e.order_id for e in deletes) == sorted(ids)
@@ -188,7 +172,7 @@ async def test_a_stopped_bot_is_cancelled_after_the_heartbeat_timeout_and_not_be
     stopped_at = asyncio.get_running_loop().time()
     bot.send_signal(signal.SIGSTOP)
     async with asyncio.timeout(30):
-        await _exited(watchdog_pid)
+        await process_exited(watchdog_pid)
     summary = _summary(tmp_path / "stops.db.watchdog.jsonl")
     assert summary["reason"] == "heartbeat_timeout"
     assert summary["pending"] == 0
@@ -429,7 +413,7 @@ async def test_the_watchdog_outlives_a_sigterm_sent_to_it_and_the_bot(
     os.kill(watchdog_pid, signal.SIGTERM)
     bot.kill()
     async with asyncio.timeout(30):
-        await _exited(watchdog_pid)
+        await process_exited(watchdog_pid)
     assert sorted(e.order_id for e in exchange.requests("DELETE")) == sorted(ids)
     assert not exchange.open_stop_orders()
     assert _summary(tmp_path / "stops.db.watchdog.jsonl")["reason"] == "bot_died"
