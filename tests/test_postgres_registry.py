@@ -193,3 +193,18 @@ async def test_a_lost_lease_trips_a_kill_switch_over_the_registry(
             report = await switch.trigger()
     assert report.ok
     assert exchange.open_stop_orders(ACCOUNT) == set()
+
+
+def test_watchdog_help_shows_a_systemd_unit() -> None:
+    """`asyncstop watchdog --help` answers with a systemd unit example and the extra to install."""
+    out = subprocess.run(
+        [sys.executable, "-m", "asyncstop", "watchdog", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "[Service]" in out.stdout
+    assert "ExecStart=" in out.stdout
+    assert "--token-command" in out.stdout
+    assert "pip install 'asyncstop[postgres]'" in " ".join(out.stdout.split())
