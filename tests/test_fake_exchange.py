@@ -41,6 +41,22 @@ async def test_other_methods_are_405(session: aiohttp.ClientSession) -> None:
         assert {e.outcome for e in exchange.journal} == {"method_not_allowed"}
 
 
+async def test_an_undeclared_method_on_the_accounts_path_is_405_before_any_header_check(
+    session: aiohttp.ClientSession,
+) -> None:
+    """DELETE /accounts, even without a token or accountId, gets 405 Allow: GET, HEAD, not a 400."""
+    async with FakeExchange(tokens={TOKEN}) as exchange:
+        oid = exchange.add_stop_order()
+        for headers in ({}, documented_headers()):
+            async with session.delete(
+                exchange.base_url + "/frontoffice/api/v3/accounts", headers=headers
+            ) as response:
+                assert response.status == 405
+                assert response.headers["Allow"] == "GET, HEAD"
+        assert exchange.orders[oid].live
+        assert [e.outcome for e in exchange.journal] == ["method_not_allowed"] * 2
+
+
 async def test_head_is_a_warm_up(session: aiohttp.ClientSession) -> None:
     """HEAD on any path answers 200, no body, connection kept alive; journaled as warm_up."""
     async with FakeExchange(tokens={TOKEN}) as exchange:

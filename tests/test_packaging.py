@@ -101,6 +101,20 @@ def test_the_sdist_carries_what_the_test_suite_needs(dists: Distributions) -> No
     assert wanted - names == set()
 
 
+def test_the_sdist_carries_the_contract_byte_for_byte(dists: Distributions) -> None:
+    """The sdist's api/ is the repo's API contract unchanged, so its tests check the same."""
+    ours = {path.name: path.read_bytes() for path in (ROOT / "api").iterdir() if path.is_file()}
+    with tarfile.open(dists.sdist) as archive:
+        shipped = {}
+        for member in archive.getmembers():
+            parts = member.name.split("/")
+            if len(parts) == 3 and parts[1] == "api" and member.isfile():
+                extracted = archive.extractfile(member)
+                assert extracted is not None
+                shipped[parts[2]] = extracted.read()
+    assert shipped == ours
+
+
 def test_the_wheel_carries_the_license_and_only_the_package(dists: Distributions) -> None:
     """The wheel holds LICENSE in its dist-info, the typed package, and no tests or benchmarks."""
     names = dists.wheel_names()
