@@ -18,6 +18,9 @@ A DELETE is journaled on arrival (``outcome="in_flight"``), counted in
 4. the answer (``_replies``): the cancel is applied now (processing done,
    answer ready) unless a fault says otherwise, and the answer or fault is sent.
 
+An outage (``FakeExchange.outage``, from ``_faultbook``) takes the place of
+steps 1 and 2 for every DELETE and ``GET /accounts``. Requests under
+``/_fake/`` never get here: the control surface (``_control``) answers them.
 Requests still waiting (latency or hang) when the exchange closes are dropped
 without an answer. Nothing here logs, prints, or keeps the Authorization header.
 """
@@ -38,7 +41,8 @@ from aiohttp.web_protocol import RequestHandler
 from . import _replies
 from ._accounts import FakeAccount, encode_accounts
 from ._control import CONTROL_PREFIX, ControlSurface
-from ._faults import Fault, FaultDraw, Faults, checked_faults, checked_outage
+from ._faultbook import FaultBook
+from ._faults import Fault, Faults
 from ._gate import Gate, Refusal
 from ._journal import JournalEntry, Outcome, PendingEntry
 from ._orders import FakeStopOrder, OrderBook, cancel, encode_cancel_reply, other_order
@@ -55,8 +59,6 @@ _ACCOUNTS_PATH: Final = "/frontoffice/api/v3/accounts"
 _SHUTDOWN_TIMEOUT: Final = 5.0
 #: How often a hung request checks whether its client has gone, in seconds.
 _HANG_POLL: Final = 0.01
-#: Faults that answer about one order, meaningless for GET /accounts.
-_ORDER_FAULTS: Final = frozenset({"other_order", "stale_reply"})
 
 
 def _wake(waiter: asyncio.Future[bool], closing: bool) -> None:
@@ -70,7 +72,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class FakeExchange(OrderBook):
+class FakeExchange(OrderBook, FaultBook):
     """A fake B2TRADER exchange on loopback: Cancel Stop order and Get accounts.
 
     It serves ``DELETE /frontoffice/api/v3/stop-orders/{orderId}`` and
@@ -162,10 +164,8 @@ class FakeExchange(OrderBook):
             stalls=self._stalls,
         )
         self._gate = Gate(tokens, strict_headers=strict_headers, limiter=limiter)
-        self._draw = FaultDraw(seed, schedule)
-        super().__init__(seed)
-        self.faults: Faults = faults if faults is not None else Faults()
-        self._outage: Fault | None = None
+        OrderBook.__init__(self, seed)
+        FaultBook.__init__(self, seed, schedule, faults)
         self._control = ControlSurface(self) if control else None
         for account_ids in self._gate.token_accounts.values():
             for account_id in account_ids:
@@ -181,7 +181,6 @@ class FakeExchange(OrderBook):
         self._host = host
         self._port = port
         self._keep_journal = keep_journal
-        self._accounts_script: list[Fault] = []
 
         self._state = _State.UNOPENED
         self._runner: web.ServerRunner | None = None
@@ -296,16 +295,6 @@ class FakeExchange(OrderBook):
         """The account ids each listed token may use (mutable); other tokens may use any."""
         return self._gate.token_accounts
 
-    @property
-    def pending_faults(self) -> int:
-        """Faults not consumed yet: scheduled, per order, in the FIFO and for GET /accounts."""
-        return self._draw.pending + len(self._accounts_script)
-
-    @property
-    def requests_numbered(self) -> int:
-        """DELETE requests past the gate so far: the number the next one's is above."""
-        return self._draw.drawn
-
     def accounts_for(self, token: str) -> list[FakeAccount]:
         """The accounts ``GET /accounts`` lists for an accepted ``token``, in order."""
         allowed = self._gate.token_accounts.get(token)
@@ -343,49 +332,6 @@ class FakeExchange(OrderBook):
             f"<FakeExchange {where} orders={len(self.orders)} live={live} "
             f"requests={len(self.journal)} tokens={len(self.tokens)}>"
         )
-
-    # -- what tests set up ---------------------------------------------------
-
-    @property
-    def outage(self) -> Fault | None:
-        """A fault every cancel and ``GET /accounts`` meets before anything else; None: none.
-
-        ``Fault.error(503)``, ``Fault.drop()`` or ``Fault.hang()``, cancelling
-        nothing, whatever the token: the exchange is down. It takes no request
-        number and leaves the scripted faults for later.
-        """
-        return self._outage
-
-    @outage.setter
-    def outage(self, fault: Fault | None) -> None:
-        self._outage = checked_outage(fault)
-
-    def inject(self, *faults: Fault) -> None:
-        """Queue scripted faults; each is consumed by one later DELETE request, in order."""
-        self._draw.inject(faults)
-
-    def inject_for(self, order_id: str, *faults: Fault) -> None:
-        """Queue scripted faults for requests about ``order_id`` only; they go before the FIFO's."""
-        self._draw.inject_for(order_id, faults)
-
-    def inject_at(self, number: int, fault: Fault) -> None:
-        """Schedule ``fault`` for the ``number``-th DELETE request past the gate (from 1).
-
-        It wins over every other fault of that request, and is certain to fire
-        once that many requests have passed the gate (see :attr:`requests_numbered`).
-        """
-        self._draw.inject_at(number, fault)
-
-    def inject_accounts(self, *faults: Fault) -> None:
-        """Queue faults for later ``GET /accounts`` requests with an accepted token, in order.
-
-        E.g. ``Fault.reply(200, b"<html>", {"Content-Type": "text/html"})`` for a
-        gateway's page, or ``Fault.error(404)`` for a base URL off the API.
-        """
-        for fault in checked_faults(faults):
-            if fault.kind in _ORDER_FAULTS:
-                raise ValueError(f"a {fault.kind} fault needs an order; GET /accounts has none")
-            self._accounts_script.append(fault)
 
     # -- the server ----------------------------------------------------------
 
