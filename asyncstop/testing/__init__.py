@@ -21,15 +21,18 @@ ignoring a 429 pause::
 
 :func:`wait_until` waits in a test for a condition the loop will make true.
 From a shell, ``python -m asyncstop.testing --port 8080 --orders 1000`` serves
-one until Ctrl-C (see ``--help``); :func:`main` is that command line, and
+one until Ctrl-C (see ``--help``), with its control surface under ``/_fake``
+(``docs/fake-exchange.md``); :func:`main` is that command line, and
 :func:`add_fake_exchange_arguments` and :func:`run_fake_exchange` let another
 command line offer the same one.
 
 The modules, one concern each: ``_exchange`` (the server, a request's four
 steps), ``_gate`` (what is refused at once), ``_faults`` (what can go wrong, and
-which request it happens to), ``_ratelimit`` (token buckets, 429 pauses and
-their judge, shared with the benchmarks' servers), ``_replies`` (every answer),
-``_journal``, ``_orders`` and ``_accounts`` (the exchange's records),
+which request it happens to), ``_faultbook`` (the faults a test asked for, the
+outage), ``_ratelimit`` (token buckets, 429 pauses and their judge, shared with
+the benchmarks' servers), ``_replies`` (every answer), ``_journal``, ``_orders``
+and ``_accounts`` (the exchange's records), ``_control`` (the loopback-only
+control surface under ``/_fake/``: counts, new orders, faults, from a shell),
 ``_runner`` (the command line) and ``_wait``.
 """
 
