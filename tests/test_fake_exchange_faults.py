@@ -204,3 +204,26 @@ def test_faults_are_validated() -> None:
     exchange = FakeExchange(tokens={TOKEN})
     with pytest.raises(TypeError, match="Fault"):
         exchange.inject("drop")  # type: ignore[arg-type]
+
+
+async def test_random_429s_state_their_retry_after_and_pause_the_account(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Faults(rate_limited=1.0) answers 429 with retry_after as the header and pauses for it."""
+    faults = Faults(rate_limited=1.0, retry_after=0.5)
+    async with FakeExchange(tokens={TOKEN}, faults=faults, pause_grace=0) as exchange:
+        first, second = exchange.add_stop_orders(2)
+        status, headers, _ = await raw_delete(session, exchange, first)
+        assert (status, headers["Retry-After"]) == (429, "0.5")
+        exchange.faults = Faults()
+        assert (await raw_delete(session, exchange, second))[0] == 429  # inside the pause
+        assert [e.order_id for e in exchange.pause_violations] == [second]
+        exchange.faults = Faults(rate_limited=1.0, retry_after=None)
+        status, headers, _ = await raw_delete(session, exchange, first, documented_headers("acc-2"))
+        assert status == 429
+        assert "Retry-After" not in headers
+        assert exchange.open_stop_orders() == {first, second}
+    with pytest.raises(ValueError, match="retry_after"):
+        Faults(rate_limited=0.5, retry_after=float("inf"))
+    with pytest.raises(ValueError, match="add up"):
+        Faults(rate_limited=0.6, hang=0.5)

@@ -30,9 +30,10 @@ class Outcome(enum.StrEnum):
     UNAUTHORIZED = "unauthorized"
     #: 400: no ``accountId``, or (``strict_headers``) wrong Content-Type, no Accept, or a body.
     BAD_REQUEST = "bad_request"
-    #: 429: the account's token bucket was empty, it was in a pause, or ``Fault.rate_limited()``.
+    #: 429: the account's token bucket was empty, it was in a pause, ``Fault.rate_limited()``
+    #: or ``Faults.rate_limited``.
     RATE_LIMITED = "rate_limited"
-    #: An error status (``Fault.error`` or ``Faults.error_before``) without cancelling.
+    #: An error status (``Fault.error``, ``Faults.error_before``, an outage) without cancelling.
     ERROR_BEFORE = "error_before"
     #: An error status after cancelling, if the order was live and the account's.
     ERROR_AFTER = "error_after"
