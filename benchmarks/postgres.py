@@ -36,6 +36,7 @@ from typing import Any, Final
 import asyncstop
 from asyncstop._postgres._lease import _ACQUIRE, _RENEW
 from asyncstop._postgres._tempserver import TemporaryPostgres, unavailable_reason
+from asyncstop._watchdog._service import _FIND
 
 from .common import Figure, FigureSet, ScenarioSkipped, Settings, run_in_loop
 
@@ -98,12 +99,25 @@ async def _renewals(dsn: str, seconds: float) -> float:
             done += 1
             owner = (owner + RENEW_CONNECTIONS) % OWNERS
 
+    polls = 0
+
+    async def poll(conn: asyncpg.Connection) -> None:
+        # The service's look for expired leases (none expire here), as often as it looks.
+        nonlocal polls
+        while time.monotonic() < stop_at:
+            async with conn.transaction():
+                assert await conn.fetchrow(_FIND) is None
+            polls += 1
+            await asyncio.sleep(POLL_INTERVAL)
+
+    service = await asyncpg.connect(dsn)
     try:
         started = time.monotonic()
-        await asyncio.gather(*(renew(c, i) for i, c in enumerate(conns)))
+        await asyncio.gather(poll(service), *(renew(c, i) for i, c in enumerate(conns)))
+        assert polls > 0
         return done / (time.monotonic() - started)
     finally:
-        for conn in conns:
+        for conn in [*conns, service]:
             await conn.close()
 
 
