@@ -19,6 +19,7 @@ Three rules make it safe when the bot, its network or its machine fails:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from types import TracebackType
@@ -248,6 +249,7 @@ class Lease:
         loop = asyncio.get_running_loop()
         interval = self.ttl / _RENEWALS_PER_TTL
         next_at = self._deadline - self.ttl + interval
+        failing = False
         while not self.lost:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             sent = loop.time()
@@ -267,12 +269,17 @@ class Lease:
                         f"(last: {type(err).__name__})"
                     )
                     return
-                logger.warning(
-                    "lease of owner %r: renewal failed (%s: %s); retrying",
+                # The first failure of a run at WARNING; the retries (5 a second) at DEBUG.
+                logger.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "lease of owner %r: renewal failed (%s: %s); retrying until %.1f s "
+                    "before the lease counts as lost",
                     self.owner,
                     type(err).__name__,
                     err,
+                    self._deadline - loop.time(),
                 )
+                failing = True
                 next_at = loop.time() + min(_RETRY_PAUSE, self.ttl / 10)
                 continue
             if renewed is None:
@@ -281,6 +288,9 @@ class Lease:
             self._deadline = sent + self.ttl
             self.renewals += 1
             next_at = sent + interval
+            if failing:
+                failing = False
+                logger.warning("lease of owner %r renewed again: it is held", self.owner)
 
     def __repr__(self) -> str:
         state = "lost" if self._lost.is_set() else "held" if self._entered else "new"

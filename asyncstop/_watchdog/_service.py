@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 from collections.abc import Sequence
@@ -185,17 +186,26 @@ class OffHostService:
         try:
             await self._wait_for_schema()
             logger.warning("off-host service %r watching the leases", self.name)
+            failing = False
             async with asyncio.TaskGroup() as firing:
                 while True:
                     try:
                         claim = await self._db.run(self._claim_one)
                     except db_errors() as err:
-                        logger.warning(
-                            "off-host service: the database did not answer (%s: %s); retrying",
+                        # The first failure of a run at ERROR: no lease is watched meanwhile.
+                        logger.log(
+                            logging.DEBUG if failing else logging.ERROR,
+                            "off-host service: the database did not answer (%s: %s); "
+                            "no lease is watched until it does",
                             type(err).__name__,
                             err,
                         )
+                        failing = True
                         claim = None
+                    else:
+                        if failing:
+                            logger.warning("off-host service: the database answers again")
+                        failing = False
                     if claim is not None:
                         firing.create_task(self._fire(claim), name=f"asyncstop-fire-{claim.owner}")
                         continue
