@@ -44,7 +44,8 @@ conventions, for whoever writes one:
     live stop orders on the fake exchange, on the account they are used with:
     the first item of an ``(account_id, order_id)`` pair, else the
     ``account_id=`` keyword of the call they are passed to, else the
-    ``account_id=`` of the block's ``AsyncStopClient(...)``, else ``acc-1``.
+    ``account_id=`` of the block's ``AsyncStopClient(...)`` or ``Watchdog(...)``,
+    else ``acc-1``.
     Other ids (``"01K2..."``) are unknown to the exchange: it answers 404.
     So every account a block names, and ``acc-1``, has a live order, and
     ``preflight()`` finds it among the token's accounts.
@@ -112,6 +113,8 @@ SHELL_LANGUAGES = {"sh", "bash", "shell", "console"}
 #: Shell words that need no check: standard tools and shell builtins.
 GIVEN_PROGRAMS = {".", "source", "cd", "export"}
 EXAMPLE_TIMEOUT = 45.0
+#: The calls whose ``account_id=`` is a block's default account.
+ACCOUNT_HOLDERS = {"AsyncStopClient", "Watchdog"}
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,7 @@ def _live_orders(tree: ast.Module, given_order_id: str) -> dict[str, str]:
         (
             account
             for node in ast.walk(tree)
-            if isinstance(node, ast.Call) and _called_name(node) == "AsyncStopClient"
+            if isinstance(node, ast.Call) and _called_name(node) in ACCOUNT_HOLDERS
             for account in [_keyword_str(node, "account_id")]
             if account is not None
         ),
