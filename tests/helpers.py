@@ -270,8 +270,8 @@ async def process_exited(pid: int) -> None:
     except ProcessLookupError:
         return
     loop = asyncio.get_running_loop()
-    ended = loop.create_future()
-    loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+    ended: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, lambda: None if ended.done() else ended.set_result(None))
     try:
         await ended
     finally:
