@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from .helpers import (
     TOKEN,
     WAIT_LIMIT,
     documented_headers,
+    process_exited,
     raw_delete,
     raw_get_accounts,
 )
@@ -518,15 +520,6 @@ def commands(block: str) -> list[list[str]]:
     return [shlex.split(line) for line in block.splitlines() if line.strip()]
 
 
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (a zombie waiting for its reaper does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 class Shell:
     """Runs the recipe's commands in one directory, with this run's port and pids."""
 
@@ -606,7 +599,7 @@ async def start_bot(
     return bot, int(match[2])
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc to see a pid end")
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits for the watchdog with a pidfd")
 @pytest.mark.timeout(240)
 async def test_the_recipe_kill_9_then_the_count_goes_to_0(tmp_path: Path) -> None:
     """docs/fake-exchange.md's recipe as written: a bot with a watchdog, kill -9, the live
@@ -645,7 +638,8 @@ async def test_the_recipe_kill_9_then_the_count_goes_to_0(tmp_path: Path) -> Non
             await wait_until(shell.answers(curl_again, gone), timeout=60)
         finally:
             await stop(bot)
-        await wait_until(lambda: not alive(watchdog_pid), timeout=60)  # settled: it exits
+        await asyncio.wait_for(process_exited(watchdog_pid), 60)  # settled: it exits
+        watchdogs.remove(watchdog_pid)
 
         # Again, with the exchange down when the bot dies.
         bot, watchdog_pid = await start_bot(shell, bot_command, kill_placeholders[1:])
@@ -661,9 +655,10 @@ async def test_the_recipe_kill_9_then_the_count_goes_to_0(tmp_path: Path) -> Non
             await wait_until(shell.answers(curl_again, gone), timeout=120)
         finally:
             await stop(bot)
-        await wait_until(lambda: not alive(watchdog_pid), timeout=60)
+        await asyncio.wait_for(process_exited(watchdog_pid), 60)
+        watchdogs.remove(watchdog_pid)
     finally:
-        for pid in watchdogs:  # a failed run's watchdog would retry for an hour
-            if alive(pid):
+        for pid in watchdogs:  # one not seen to exit would retry for an hour
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         await stop(exchange)

@@ -34,7 +34,13 @@ from ._faults import Fault, Faults, LongTailLatency
 if TYPE_CHECKING:
     from ._exchange import FakeExchange
 
-__all__ = ["CONTROL_PREFIX", "ControlSurface", "FaultSettings"]
+__all__ = [
+    "CONTROL_PREFIX",
+    "ControlSurface",
+    "FaultSettings",
+    "is_loopback_address",
+    "is_loopback_host",
+]
 
 #: Every control path starts with this; no path of the API contract does.
 CONTROL_PREFIX: Final = "/_fake/"
