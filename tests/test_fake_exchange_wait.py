@@ -31,3 +31,22 @@ async def test_wait_until_fails_naming_the_timeout() -> None:
     assert "test_fake_exchange_wait.py" in str(failure.value)
     with pytest.raises(ValueError, match="timeout"):
         await wait_until(lambda: True, timeout=0)
+
+
+async def test_wait_until_awaits_an_async_predicate() -> None:
+    """An async predicate is awaited at each look, and its answer decides (not the coroutine)."""
+    looks: list[int] = []
+
+    async def third_look() -> bool:
+        await asyncio.sleep(0)
+        looks.append(1)
+        return len(looks) >= 3
+
+    await wait_until(third_look, timeout=WAIT_LIMIT)
+    assert len(looks) == 3
+
+    async def never() -> bool:
+        return False
+
+    with pytest.raises(AssertionError, match="never"):
+        await wait_until(never, timeout=0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 from collections.abc import Callable
 from typing import Final
@@ -24,6 +25,11 @@ async def wait_until(predicate: Callable[[], object], timeout: float) -> None:  
 
         await wait_until(lambda: exchange.in_flight >= 8, timeout=5)
 
+    A predicate may also be an ``async def`` (or return an awaitable), for a
+    condition read over the network or from a database; it is awaited each time::
+
+        await wait_until(fires_recorded, timeout=20)   # async def fires_recorded() -> bool
+
     Use it instead of a fixed ``sleep``: it waits only as long as needed, and a
     slow machine gets the whole ``timeout``. Raises :class:`AssertionError`
     naming the predicate and the timeout if it is still false by then (an
@@ -35,12 +41,19 @@ async def wait_until(predicate: Callable[[], object], timeout: float) -> None:  
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not predicate():
+    while not await _holds(predicate):
         if loop.time() >= deadline:
             raise AssertionError(
                 f"wait_until: {_describe(predicate)} was still false after {timeout} s"
             )
         await asyncio.sleep(_POLL)
+
+
+async def _holds(predicate: Callable[[], object]) -> object:
+    value = predicate()
+    if inspect.isawaitable(value):
+        value = await value
+    return value
 
 
 def _describe(predicate: Callable[[], object]) -> str:
