@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
 
 from ._constants import DEFAULT_KILL_SWITCH_HEDGE
 from ._logging import logger
-from ._registry import StopOrderRegistry
+from ._registry import StopOrderRegistry, mark_protective
 from ._report import CancelOutcome
 from ._signals import StopSignals
 from ._validation import check_bulk_settings
@@ -109,6 +109,8 @@ class KillSwitch:
         self.hedge = hedge
         self._on_result = on_result
         self._run: asyncio.Task[CancelReport] | None = None
+        #: The protective stops of the run going (their results are marked).
+        self._protective: frozenset[tuple[str, str]] = frozenset()
         self._joiners = 0
         self._signals: StopSignals | None = None
         # asyncio.Event binds to a loop only when first waited on: no loop is
@@ -250,6 +252,9 @@ class KillSwitch:
 
     async def _cancel_all(self, include_protective: bool) -> CancelReport:
         orders = await self._orders(include_protective)
+        # Read once with the orders: the protective stops' results are marked.
+        protective = self._protective
+
         logger.warning("kill switch fired: cancelling every stop order")
         report = await self.client.cancel_stop_orders(
             _stream(orders),
@@ -259,6 +264,8 @@ class KillSwitch:
             on_result=self._result_in,
             hedge=self.hedge,
         )
+        if protective:
+            report.results[:] = mark_protective(report.results, protective)
         self._forget(report)
         if len(report) or self.last_report is None:
             self.last_report = report
@@ -269,8 +276,21 @@ class KillSwitch:
         self, include_protective: bool
     ) -> Iterable[OrderItem] | AsyncIterable[OrderItem]:
         source = self.source
+        self._protective = frozenset()
         if isinstance(source, StopOrderRegistry):
-            return source.snapshot(protective=None if include_protective else False)
+            stops = source.stops()
+            default = self.client.account_id or ""
+            if include_protective:
+                self._protective = frozenset(
+                    (account_id or default, order_id)
+                    for account_id, order_id, protective in stops
+                    if protective
+                )
+            return [
+                order_id if account_id is None else (account_id, order_id)
+                for account_id, order_id, protective in stops
+                if include_protective or not protective
+            ]
         if isinstance(source, AsyncIterable | Iterable):
             return source
         produced: object = source()

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal, Self
 
+import msgspec
+
 from ._errors import InvalidInputError, WatchdogError
 from ._logging import logger
 from ._validation import check_account_id, check_order_id, check_seconds, split_order_item
@@ -31,6 +33,7 @@ __all__ = [
     "Synchronous",
     "fence",
     "fence_reason",
+    "mark_protective",
     "unfence",
 ]
 
@@ -467,3 +470,18 @@ def fence_reason(registry: StopOrderRegistry) -> str | None:
         return None
     row = registry._db().execute("SELECT reason FROM watchdog_fence").fetchone()
     return None if row is None else str(row[0])
+
+
+# -- protective flags on results (the kill switch and the watchdog) ----------------------------
+
+
+def mark_protective(
+    results: list[CancelResult], keys: frozenset[tuple[str, str]]
+) -> list[CancelResult]:
+    """``results`` with ``protective=True`` on those of the stops in ``keys``."""
+    if not keys:
+        return results
+    return [
+        msgspec.structs.replace(r, protective=True) if (r.account_id, r.order_id) in keys else r
+        for r in results
+    ]

@@ -5,7 +5,7 @@ command line's ``--json``, the watchdog's report file and pipe, a service's
 database)::
 
     result_record(result)   {"order_id", "account_id", "outcome", "ok", "attempts",
-                             "elapsed", "activated", "error", "order"}
+                             "elapsed", "activated", "protective", "error", "order"}
     report_record(report)   {"orders", "ok", "warning", "counts", "pending_count",
                              "pending", "activated", "elapsed", "source_error",
                              "hedges_sent", "hedges_won"}
@@ -100,6 +100,9 @@ class CancelResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     attempts: int = 0
     #: Seconds from the first attempt to the result (0 for ``not_sent``).
     elapsed: float = 0.0
+    #: True when the order was registered as protective (a stop-loss guarding an
+    #: open position): set by a kill switch or watchdog cancelling from a registry.
+    protective: bool = False
 
     @property
     def ok(self) -> bool:
@@ -239,6 +242,7 @@ def result_record(result: CancelResult) -> dict[str, Any]:
         "attempts": result.attempts,
         "elapsed": round(result.elapsed, 6),
         "activated": result.activated,
+        "protective": result.protective,
         "error": None if error is None else error_to_wire(error),
         "order": None if order is None else msgspec.to_builtins(order),
     }
@@ -260,6 +264,7 @@ def result_from_record(record: Mapping[str, Any]) -> CancelResult:
             error=None if error is None else error_from_wire(error),
             attempts=int(record.get("attempts", 0)),
             elapsed=float(record.get("elapsed", 0.0)),
+            protective=bool(record.get("protective", False)),
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"not a result record: {err}") from None

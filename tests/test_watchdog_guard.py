@@ -117,7 +117,7 @@ async def test_cancel_protective_on_death_cancels_them_too(
 async def test_fire_cancels_protective_stops_unless_told_not_to(
     exchange: FakeExchange, registry: StopOrderRegistry
 ) -> None:
-    """fire(include_protective=False) leaves the stop-losses; fire() then cancels them."""
+    """fire(include_protective=False) leaves the stop-losses; fire() cancels them, marked so."""
     ids = exchange.add_stop_orders(6, account_id=ACCOUNT)
     for index, order_id in enumerate(ids):
         registry.add(order_id, protective=index % 2 == 0)
@@ -127,6 +127,8 @@ async def test_fire_cancels_protective_stops_unless_told_not_to(
         assert exchange.open_stop_orders() == set(ids[::2])
         everything = await watchdog.fire()
     assert {r.order_id for r in everything.results} == set(ids[::2])
+    assert all(r.protective for r in everything.results)
+    assert not any(r.protective for r in kept.results)
     assert not exchange.open_stop_orders()
     assert len(registry) == 0
 
@@ -141,8 +143,10 @@ async def test_kill_switch_and_kill_registry_take_include_protective(
         memory.add(order_id, protective=order_id == ids[0])
     async with KillSwitch(await make_client(), memory) as switch:
         report = await switch.trigger(include_protective=False)
-    assert len(report) == 3
-    assert memory.snapshot() == [ids[0]]
+        assert len(report) == 3
+        assert memory.snapshot() == [ids[0]]
+        everything = await switch.trigger()
+    assert [(r.order_id, r.protective) for r in everything.results] == [(ids[0], True)]
     path = tmp_path / "stops.db"
     with StopOrderRegistry.open(path) as durable:
         for order_id in ids[4:]:
@@ -168,7 +172,7 @@ async def test_kill_switch_and_kill_registry_take_include_protective(
     )
     _, stderr = await cli.communicate()
     assert cli.returncode == 0, stderr
-    assert exchange.open_stop_orders() == {ids[0], ids[4]}
+    assert exchange.open_stop_orders() == {ids[4]}
     with StopOrderRegistry.open(path) as reopened:
         assert reopened.snapshot() == [ids[4]]
 

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Protocol
 
 from .._errors import AuthenticationError, RateLimitError
 from .._logging import logger
+from .._registry import mark_protective
 from .._report import CancelOutcome, CancelReport, CancelResult
 
 if TYPE_CHECKING:
@@ -261,6 +262,9 @@ async def fire_until_settled(
             rate_limit=rate_limit,
             hedge=hedge,
         )
+        marked = frozenset(_key(s.account_id, s.order_id, default) for s in targets if s.protective)
+        if marked:
+            report.results[:] = mark_protective(report.results, marked)
         warned = report.warning is not None
         settled: list[CancelResult] = []
         retrying: list[CancelResult] = []
