@@ -256,10 +256,11 @@ async def service_process(
         )
         assert process.returncode is None, log.read_text()
         yield process
-        # SIGTERM, as systemctl stop sends it: the service exits 0.
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 15)
-        assert process.returncode == 0, log.read_text()
+        if process.returncode is None:
+            # SIGTERM, as systemctl stop sends it: the service exits 0.
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 15)
+            assert process.returncode == 0, log.read_text()
     finally:
         if process.returncode is None:
             process.kill()

@@ -179,3 +179,41 @@ async def test_a_clean_release_fires_nothing(
     assert exchange.open_stop_orders(ACCOUNT) == set(ids)
     async with await asyncstop.PostgresRegistry.connect(postgres_dsn, owner="bot-1") as registry:
         assert len(await registry.snapshot()) == 10
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+async def test_a_service_stopped_mid_fire_is_taken_over_by_the_other(
+    how: str, postgres_dsn: str, exchange: FakeExchange, tmp_path: Path
+) -> None:
+    """SIGTERM hands the claim back at once, SIGKILL after --claim-ttl: the other finishes."""
+    ids = exchange.add_stop_orders(20, account_id=ACCOUNT)
+    orders = [(ACCOUNT, order_id, False) for order_id in ids]
+    async with service_process(
+        postgres_dsn, exchange, tmp_path, "--claim-ttl", "2", name="svc-a"
+    ) as first:
+        # The exchange refuses the token until A is gone: A fires round after round (401s).
+        tokens = exchange.tokens
+        exchange.tokens = set()
+        async with bot_process(
+            postgres_dsn, {"bot-1": orders}, ttl=1.5, log=tmp_path / "b.log"
+        ) as bot:
+            os.killpg(bot.process.pid, signal.SIGKILL)
+            await bot.process.wait()
+        await wait_until(lambda: len(exchange.requests("DELETE")) >= len(ids), 30)
+        assert exchange.open_stop_orders(ACCOUNT) == set(ids)
+        async with service_process(postgres_dsn, exchange, tmp_path, name="svc-b"):
+            if how == "SIGTERM":
+                first.terminate()
+                assert await asyncio.wait_for(first.wait(), 15) == 0
+            else:
+                first.kill()
+                await first.wait()
+            exchange.tokens = tokens
+            await wait_until(lambda: not exchange.open_stop_orders(ACCOUNT), 30)
+            await _wait_for_fires(postgres_dsn, 1)
+    (record,) = await _fires(postgres_dsn)
+    assert record["service"] == "svc-b"
+    assert record["counts"]["cancelled"] == len(ids)
+    if how == "SIGTERM":
+        assert "claim handed back" in (tmp_path / "svc-a.log").read_text()

@@ -17,7 +17,7 @@ from typing import Final
 
 from asyncstop import AsyncStopClient, TokenProviderError, command_token_provider
 
-from .._argtypes import count
+from .._argtypes import count, positive_float
 from .._logging import install_stderr_handler
 from .._postgres._db import INSTALL_HINT
 from .common import ENV_ACCOUNT_ID, ENV_BASE_URL, EXIT_OK, EXIT_USAGE, PROG, Subcommands
@@ -91,24 +91,32 @@ def add_parser(commands: Subcommands) -> None:
     )
     parser.add_argument(
         "--give-up-after",
-        type=float,
+        type=positive_float,
         default=3600.0,
         metavar="S",
         help="seconds one owner's firing keeps retrying (default: %(default)s)",
     )
     parser.add_argument(
         "--round-deadline",
-        type=float,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="each firing round's deadline (default: %(default)s)",
     )
     parser.add_argument(
         "--poll-interval",
-        type=float,
+        type=positive_float,
         default=0.5,
         metavar="S",
         help="seconds between two looks for expired leases (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--claim-ttl",
+        type=positive_float,
+        default=30.0,
+        metavar="S",
+        help="seconds another service waits to take over an owner this one claimed and "
+        "stopped renewing (it died mid-fire) (default: %(default)s)",
     )
     parser.add_argument(
         "--cancel-protective",
@@ -160,6 +168,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
                 client,
                 name=args.name,
                 poll_interval=args.poll_interval,
+                claim_ttl=args.claim_ttl,
                 give_up_after=args.give_up_after,
                 round_deadline=args.round_deadline,
                 cancel_protective=args.cancel_protective,
