@@ -214,16 +214,20 @@ class OffHostService:
             await self._db.close()
 
     async def _wait_for_schema(self) -> None:
+        failures = 0
         while True:
             try:
                 await self._db.run(ensure_schema)
                 return
             except db_errors() as err:
-                logger.warning(
-                    "off-host service: cannot reach the database (%s: %s); retrying",
+                # The first failure at ERROR, then one a minute: no lease is watched meanwhile.
+                logger.log(
+                    logging.ERROR if failures % 60 == 0 else logging.DEBUG,
+                    "off-host service: cannot reach the database (%s: %s); retrying every second",
                     type(err).__name__,
                     err,
                 )
+                failures += 1
                 await asyncio.sleep(max(self.poll_interval, 1.0))
 
     async def _claim_one(self, conn: asyncpg.Connection) -> _Claim | None:
