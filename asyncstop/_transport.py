@@ -139,8 +139,11 @@ class Transport:
             timeout=self.default_limits,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
-            # Decompressed here, with a bound on the output (see _read_body).
+            # Decompressed here, with a bound on the output (see _read_body); asked
+            # for only in the encodings that can be, whatever aiohttp would offer
+            # (it adds br and zstd when their packages are installed).
             auto_decompress=False,
+            headers={"Accept-Encoding": "gzip, deflate"},
             trace_configs=[trace],
         )
         # aiohttp re-sends an idempotent request once after a dropped
@@ -193,7 +196,9 @@ class Transport:
             ) as resp:
                 if not self.owns_session:
                     _mark(sent)
-                body, complete = await self._read_body(resp, self.max_body_size)
+                body, complete = await self._read_body(
+                    resp, self.max_body_size, f"for order {order_id}", order_id
+                )
                 status = resp.status
                 if status >= 300:
                     if not complete:
@@ -228,7 +233,9 @@ class Transport:
                 trace_request_ctx=sent,
             ) as resp:
                 # Many accounts make a longer list than any cancel reply.
-                body, complete = await self._read_body(resp, 16 * self.max_body_size)
+                body, complete = await self._read_body(
+                    resp, 16 * self.max_body_size, f"for {what}", None
+                )
                 if resp.status >= 300:
                     raise _error_for(resp, body, what, None)
                 try:
@@ -251,8 +258,15 @@ class Transport:
             _mark(trace)
         return bool(trace.sent)
 
-    async def _read_body(self, resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-        """Up to ``limit`` bytes of the (decompressed) body, and whether that was all of it."""
+    async def _read_body(
+        self, resp: aiohttp.ClientResponse, limit: int, what: str, order_id: str | None
+    ) -> tuple[bytes, bool]:
+        """Up to ``limit`` bytes of the (decompressed) body, and whether that was all of it.
+
+        A body in an encoding we cannot decode (br, zstd, a broken gzip) is no
+        evidence of anything, whatever its status: ResponseValidationError,
+        retried like a 5xx, then ``unknown``.
+        """
         content = resp.content
         length = resp.content_length
         if length is not None and length > limit:
@@ -277,7 +291,13 @@ class Transport:
             if encoding != "identity":
                 if not complete:
                     return body[:MAX_ERROR_BODY_KEPT], False
-                return _decompress(body, encoding, limit)
+                try:
+                    return _decompress(body, encoding, limit)
+                except UndecodableReply as err:
+                    resp.close()
+                    raise _not_evidence(
+                        resp, body[:MAX_ERROR_BODY_KEPT], what, err, order_id
+                    ) from None
         return body, complete
 
     async def warm_up(self, connections: int | None) -> int:

@@ -240,3 +240,46 @@ async def test_a_404_that_is_not_the_apis_answer_is_not_a_not_found(
     assert isinstance(result.error, asyncstop.ResponseValidationError)
     assert "404" in str(result.error)
     assert order_id in exchange.open_stop_orders()
+
+
+@pytest.mark.parametrize(
+    ("status", "encoding"),
+    [(200, "br"), (200, "zstd"), (404, "br"), (200, "gzip")],
+    ids=["200-br", "200-zstd", "404-br", "200-broken-gzip"],
+)
+async def test_a_reply_in_an_encoding_we_cannot_read_is_no_evidence(
+    make_client: ClientFactory, exchange: FakeExchange, status: int, encoding: str
+) -> None:
+    """A br, zstd or broken gzip body (a recompressing proxy) is unknown and retried, no crash."""
+    (order_id,) = exchange.add_stop_orders(1, account_id=ACCOUNT)
+    junk = Fault.reply(
+        status,
+        b"\x8b\x00 not a body we can decode",
+        {"Content-Type": "application/json", "Content-Encoding": encoding},
+        apply=False,
+    )
+    exchange.inject_for(order_id, junk, junk)
+    client = await make_client(max_retries=1)
+    report = await client.cancel_stop_orders([order_id])
+    (result,) = report.results
+    assert result.outcome is CancelOutcome.UNKNOWN
+    assert report.pending == [result]
+    assert order_id in exchange.open_stop_orders()
+    assert result.attempts == 2  # retried like a 5xx
+    assert isinstance(result.error, asyncstop.ResponseValidationError)
+    assert encoding in str(result.error)
+    exchange.inject_for(order_id, junk, junk)
+    with pytest.raises(asyncstop.ResponseValidationError):  # not a private exception
+        await client.cancel_stop_order(order_id)
+    assert order_id in exchange.open_stop_orders()
+
+
+async def test_the_client_offers_only_the_encodings_it_can_read(
+    make_client: ClientFactory, exchange: FakeExchange
+) -> None:
+    """Every request asks for gzip or deflate only, even where aiohttp could offer br or zstd."""
+    order_ids = exchange.add_stop_orders(2, account_id=ACCOUNT)
+    client = await make_client()
+    await client.cancel_stop_orders(order_ids)
+    offered = {entry.headers.get("Accept-Encoding") for entry in exchange.requests("DELETE")}
+    assert offered == {"gzip, deflate"}
