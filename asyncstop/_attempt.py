@@ -9,6 +9,7 @@ bulk engine as an object; it knows nothing of the client above it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -127,6 +128,7 @@ class OrderCancel:
         "order_id",
         "retry",
         "semaphore",
+        "sent_at",
         "sent_waiter",
         "unknown_seen",
     )
@@ -156,21 +158,32 @@ class OrderCancel:
         self.retry: RetryDecision | None = None
         #: Loop time before which the next attempt may not start (a retry's backoff).
         self.not_before = 0.0
-        #: Resolved with the loop time when the next request reaches the wire (hedging).
+        #: ``time.monotonic()`` when the latest request reached the wire.
+        self.sent_at = 0.0
+        #: Resolved with ``sent_at`` when the next request reaches the wire (hedging).
         self.sent_waiter: asyncio.Future[float] | None = None
 
     def request_sent(self) -> None:
         """The transport's signal: a request of this order reached the wire."""
         self.attempts += 1
+        self.sent_at = sent_at = time.monotonic()
         waiter = self.sent_waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(waiter.get_loop().time())
+            waiter.set_result(sent_at)
 
 
 class Canceller:
-    """Cancels one order at a time through the transport, with the client's shared state."""
+    """Cancels one order at a time through the transport, with the client's shared state.
 
-    __slots__ = ("accounts", "auth", "retry_policy", "transport")
+    ``reply_times`` is the client's window of recent reply times (seconds from
+    the wire to the answer, for 200s and 404s), fed by every request, so that
+    ``hedge="auto"`` knows the exchange before an emergency. A request that
+    got no answer (lost, timed out, abandoned) adds its age negated: a lower
+    bound. A request is timed here only when no other request of the same
+    order went out meanwhile (a hedge); the hedger times those itself.
+    """
+
+    __slots__ = ("accounts", "auth", "reply_times", "retry_policy", "transport")
 
     def __init__(
         self,
@@ -179,11 +192,13 @@ class Canceller:
         auth: Auth,
         accounts: AccountBook,
         retry_policy: RetryPolicy,
+        reply_times: deque[float] | None = None,
     ) -> None:
         self.transport = transport
         self.auth = auth
         self.accounts = accounts
         self.retry_policy = retry_policy
+        self.reply_times = reply_times
 
     async def cancel(self, call: OrderCancel) -> StopOrder:
         """Cancel with retries, sleeping between attempts (the single-order call)."""
@@ -242,6 +257,7 @@ class Canceller:
         )
         headers = account.headers_for(self.auth)
         generation = account.token_generation
+        sent_before = call.attempts
         account.active += 1
         try:
             order = await self.transport.delete_stop_order(
@@ -252,9 +268,11 @@ class Canceller:
             call.last_error = err
             if outcome_unknown(err):
                 call.unknown_seen = True
+                self._time(call, sent_before, answered=False)
             elif isinstance(err, OrderNotFoundError):
                 err.after_unknown_attempt = call.unknown_seen
                 account.succeeded()
+                self._time(call, sent_before, answered=True)
             elif isinstance(err, RateLimitError):
                 self._pause(account, err, loop)
             elif (
@@ -268,10 +286,21 @@ class Canceller:
             raise
         except BaseException:
             account.released()
+            self._time(call, sent_before, answered=False)
             raise
         account.released()
         account.succeeded()
+        reply_times = self.reply_times
+        if reply_times is not None and call.attempts == sent_before + 1:
+            reply_times.append(time.monotonic() - call.sent_at)
         return order
+
+    def _time(self, call: OrderCancel, sent_before: int, *, answered: bool) -> None:
+        """Add the request's reply time (or its age, negated, if it got no answer) to the window."""
+        reply_times = self.reply_times
+        if reply_times is not None and call.attempts == sent_before + 1:
+            age = time.monotonic() - call.sent_at
+            reply_times.append(age if answered else -age)
 
     def _pause(
         self, account: Account, err: RateLimitError, loop: asyncio.AbstractEventLoop

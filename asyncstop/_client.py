@@ -31,6 +31,7 @@ from ._constants import (
     DEFAULT_TIMEOUT,
 )
 from ._errors import AccountNotFoundError, InvalidInputError
+from ._hedge import reply_window
 from ._logging import setup_logging_from_env
 from ._models import StopOrder, TradingAccount
 from ._report import CancelReport, CancelResult, OrderItem
@@ -128,6 +129,9 @@ class AsyncStopClient:
             auth=self._auth,
             accounts=self._accounts,
             retry_policy=RetryPolicy(max_retries=max_retries, max_retry_after=max_retry_after),
+            # What hedge="auto" learns from, across calls. A session of the
+            # caller's has no hook that tells when a request reaches the wire.
+            reply_times=reply_window() if session is None else None,
         )
         self._state = _State.UNOPENED
         setup_logging_from_env()
@@ -272,7 +276,8 @@ class AsyncStopClient:
         left (before ``CancelledError`` propagates); an exception it raises is
         logged and does not stop the call. ``hedge`` sends one backup request
         for an order whose request has had no answer for that many seconds
-        (``"auto"``: this call's p95 reply time; None: never); see docs/bulk.md.
+        (``"auto"``: the p95 reply time estimated from this client's recent
+        requests, those still in flight included; None: never); see docs/bulk.md.
 
         It never raises for a single order's failure. A list input with an
         invalid item raises :class:`InvalidInputError` before anything is sent;

@@ -5,11 +5,20 @@ about the 95th-percentile latency, send a second one and take the first
 answer, for a few percent more load. gRPC's hedging policy stops when the
 server pushes back; so does this one. The rules:
 
-- The delay is fixed (seconds) or ``"auto"``: the p95 of this call's latest 512 reply
-  times, measured from the moment each request reached the wire, once
-  ``AUTO_MIN_SAMPLES`` replies are in (requests already waiting then get it
-  too), and at least twice their median (a server without a tail gets no
-  hedges).
+- The delay is fixed (seconds) or ``"auto"``: the p95 reply time (from the wire
+  to the answer), and at least twice the median, so that a server without a
+  tail gets no hedges. "auto" estimates both from the client's latest
+  ``AUTO_WINDOW`` requests, across calls (a warm client knows its exchange
+  before the emergency), and from this call's requests still in flight.
+- A request still in flight is a censored observation: its reply time is at
+  least its age. The estimate is the product-limit (Kaplan-Meier) one, which
+  counts it in that way. In a call that sends every order at once, the
+  replies seen so far are the fast ones; ignoring the rest put the p95 early
+  and spent the budget on orders that were about to answer. With the
+  censored ones counted, a client with no history hedges once 95 % of the
+  round has answered, and hedges exactly the stragglers. A request abandoned
+  for its hedge, timed out or cut by the deadline stays in the window as a
+  lower bound too, so that hedging does not teach "auto" a shorter tail.
 - A hedge takes the next free slot ahead of fresh orders: behind them it would
   come too late to cut anything short.
 - A hedge is one more request through the same per-order path, so it counts
@@ -20,47 +29,137 @@ server pushes back; so does this one. The rules:
 - The first definitive answer settles the order; the other request is
   abandoned (its task cancelled, so aiohttp closes its connection). A 404
   while the other request may have reached the exchange is ``already_gone``.
+- Each hedge is logged at DEBUG with the delay and the estimate behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+import logging
+import time
 from collections import deque
-from typing import Final, Literal
+from collections.abc import Iterable
+from typing import Final, Literal, NamedTuple
 
 from ._attempt import Canceller, DeadlinePassed, OrderCancel
 from ._errors import OrderNotFoundError, RateLimitError
+from ._logging import logger
 from ._models import StopOrder
 from ._retry import is_retryable
 
-__all__ = ["AUTO_MIN_SAMPLES", "DEFAULT_HEDGE_BUDGET", "HedgeSetting", "Hedger"]
+__all__ = [
+    "AUTO_MIN_SAMPLES",
+    "AUTO_QUANTILE",
+    "AUTO_WINDOW",
+    "DEFAULT_HEDGE_BUDGET",
+    "Estimate",
+    "HedgeSetting",
+    "Hedger",
+    "estimate_delay",
+    "reply_window",
+]
 
 #: ``hedge=``: None (off), a delay in seconds, or "auto".
 HedgeSetting = float | Literal["auto"] | None
 #: Hedges are at most this share of a call's first requests.
 DEFAULT_HEDGE_BUDGET: Final = 0.10
-#: "auto" hedges once this many replies give a p95 to go by.
+#: "auto" hedges a request once its age passes this quantile of the reply times.
+AUTO_QUANTILE: Final = 0.95
+#: "auto" hedges once this many reply times give a quantile to go by.
 AUTO_MIN_SAMPLES: Final = 20
 #: "auto" waits at least this many median reply times before a hedge.
 AUTO_MIN_MEDIAN_MULTIPLE: Final = 2.0
-#: The auto delay is recomputed after this many new replies (sorting is not free).
-_RECOMPUTE_EVERY: Final = 16
-#: "auto" goes by this many latest replies: sorting them stays cheap in a call
-#: of 100,000 orders, and the delay follows the exchange if it slows down.
+#: "auto" goes by the client's latest this many requests: the estimate stays
+#: cheap in a call of 100,000 orders, and follows the exchange if it slows down.
 AUTO_WINDOW: Final = 512
+#: The auto delay is recomputed after this many answers (the estimate is not free).
+_RECOMPUTE_EVERY: Final = 16
+#: Waiting requests are woken for a new delay only when it shrinks by more than this.
+_WAKE_ON_SHRINK: Final = 0.9
+
+
+def reply_window() -> deque[float]:
+    """A client's window of recent reply times: seconds, negated for a lower bound."""
+    return deque(maxlen=AUTO_WINDOW)
+
+
+class Estimate(NamedTuple):
+    """An "auto" delay and what it was made from."""
+
+    #: Seconds without an answer before a hedge: ``max(quantile, 2 * median)``.
+    delay: float
+    #: The estimated ``AUTO_QUANTILE`` reply time, and the median, in seconds.
+    quantile: float
+    median: float
+    #: Reply times behind it, and lower bounds (requests in flight or abandoned).
+    replies: int
+    censored: int
+
+
+def estimate_delay(
+    window: Iterable[float],
+    in_flight: Iterable[float] = (),
+    *,
+    quantile: float = AUTO_QUANTILE,
+    min_replies: int = AUTO_MIN_SAMPLES,
+) -> Estimate | None:
+    """The "auto" delay from reply times and the ages of requests without an answer.
+
+    ``window`` holds reply times in seconds, and lower bounds negated (a request
+    that got no answer within that age); ``in_flight`` the ages of requests
+    still waiting. The product-limit estimate of the survival function counts
+    each lower bound as "at least this long". None while fewer than
+    ``min_replies`` replies are in, or while the estimate cannot reach the
+    quantile yet (too many requests are still waiting for it to be known).
+    """
+    replies: list[float] = []
+    bounds: list[float] = list(in_flight)
+    for value in window:
+        if value >= 0:
+            replies.append(value)
+        else:
+            bounds.append(-value)
+    if len(replies) < min_replies:
+        return None
+    replies.sort()
+    bounds.sort()
+    at_risk = len(replies) + len(bounds)
+    tail = 1.0 - quantile + 1e-9  # the survival at the quantile, with rounding room
+    survival = 1.0
+    median: float | None = None
+    next_bound = 0
+    bound_count = len(bounds)
+    for reply in replies:
+        # A request that got no answer within `reply` seconds says nothing
+        # about later times: it leaves the risk set before this reply.
+        while next_bound < bound_count and bounds[next_bound] < reply:
+            next_bound += 1
+            at_risk -= 1
+        survival *= 1.0 - 1.0 / at_risk
+        at_risk -= 1
+        if median is None and survival <= 0.5 + 1e-9:
+            median = reply
+        if survival <= tail:
+            assert median is not None
+            return Estimate(
+                max(reply, AUTO_MIN_MEDIAN_MULTIPLE * median),
+                reply,
+                median,
+                len(replies),
+                bound_count,
+            )
+    return None
 
 
 class Hedger:
     """The hedging of one bulk call: its delay, its budget and its counts."""
 
     __slots__ = (
-        "_auto_delay",
         "_changed",
-        "_quantiles",
-        "_replies",
-        "_samples",
-        "_samples_at_delay",
+        "_estimate",
+        "_in_flight",
+        "_since_estimate",
+        "_window",
         "budget",
         "canceller",
         "fixed_delay",
@@ -76,12 +175,14 @@ class Hedger:
         self.canceller = canceller
         self.fixed_delay = None if setting == "auto" else float(setting)
         self.budget = budget
-        self._samples: deque[float] = deque(maxlen=AUTO_WINDOW)
-        #: Replies timed so far (the window keeps only the latest).
-        self._replies = 0
-        self._samples_at_delay = 0
-        self._auto_delay: float | None = None
-        self._quantiles: tuple[float, float] | None = None
+        window = canceller.reply_times
+        #: The client's reply times (or, without them, this call's own).
+        self._window = reply_window() if window is None else window
+        #: The ``time.monotonic()`` each first request in flight reached the wire.
+        self._in_flight: dict[OrderCancel, float] = {}
+        self._estimate: Estimate | None = None
+        #: Answers since the estimate was made; None: not made yet.
+        self._since_estimate: int | None = None
         self._changed: asyncio.Future[None] | None = None
         #: First requests started, hedges started, and hedges whose answer won.
         self.primaries = 0
@@ -91,26 +192,36 @@ class Hedger:
         self.stopped_accounts: set[str] = set()
 
     def delay(self) -> float | None:
-        """Seconds without an answer before a hedge, or None while "auto" has too few replies.
-
-        "auto" hedges at the p95, and at least 2 medians, so that a server
-        without a tail gets no hedges.
-        """
+        """Seconds without an answer before a hedge, or None while "auto" cannot tell yet."""
         if self.fixed_delay is not None:
             return self.fixed_delay
-        count = len(self._samples)
-        if count < AUTO_MIN_SAMPLES:
-            return None
-        if self._quantiles is None or self._replies - self._samples_at_delay >= _RECOMPUTE_EVERY:
-            ordered = sorted(self._samples)
+        if self._since_estimate is None:
+            self._update_estimate()
+        estimate = self._estimate
+        return None if estimate is None else estimate.delay
 
-            def quantile(q: float) -> float:
-                return ordered[min(count - 1, math.ceil(q * count) - 1)]
+    def _update_estimate(self) -> None:
+        now = time.monotonic()
+        old = self._estimate
+        new = self._estimate = estimate_delay(
+            self._window, [now - sent_at for sent_at in self._in_flight.values()]
+        )
+        self._since_estimate = 0
+        if new is not None and (old is None or new.delay < _WAKE_ON_SHRINK * old.delay):
+            self._pulse()  # the requests waiting for a delay, or for a longer one
 
-            self._quantiles = (quantile(0.5), quantile(0.95))
-            self._samples_at_delay = self._replies
-        p50, p95 = self._quantiles
-        return max(p95, AUTO_MIN_MEDIAN_MULTIPLE * p50)
+    def _answered(self) -> None:
+        """A first request ended: re-estimate now and then, and as soon as it may become known."""
+        if self.fixed_delay is not None or self._since_estimate is None:
+            return
+        self._since_estimate += 1
+        if self._since_estimate >= _RECOMPUTE_EVERY or (
+            self._estimate is None
+            # The quantile can be known only once few enough requests are waiting.
+            and len(self._in_flight)
+            <= (1.0 - AUTO_QUANTILE) * (len(self._window) + len(self._in_flight))
+        ):
+            self._update_estimate()
 
     def _pulse(self) -> None:
         changed, self._changed = self._changed, None
@@ -118,7 +229,7 @@ class Hedger:
             changed.set_result(None)
 
     def _next_change(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
-        """A future resolved when the delay becomes known (enough replies are in)."""
+        """A future resolved when the delay becomes known or shrinks."""
         if self._changed is None:
             self._changed = loop.create_future()
         return self._changed
@@ -143,10 +254,10 @@ class Hedger:
             await asyncio.wait((primary, sent), return_when=asyncio.FIRST_COMPLETED)
             if primary.done():
                 return await primary
-            sent_at = sent.result()
+            sent_at = self._in_flight[job] = sent.result()
             while True:
                 delay = self.delay()
-                wait = None if delay is None else sent_at + delay - loop.time()
+                wait = None if delay is None else sent_at + delay - time.monotonic()
                 if wait is not None and wait <= 0:
                     break
                 done, _ = await asyncio.wait(
@@ -161,6 +272,8 @@ class Hedger:
             if not self._may_hedge(job):
                 return await primary
             self.hedges_sent += 1
+            if logger.isEnabledFor(logging.DEBUG):
+                self._log_hedge(job, time.monotonic() - sent_at)
             hedge = loop.create_task(self._timed(job, None, urgent=True))
             tasks.add(hedge)
             return await self._first_answer(job, primary, hedge)
@@ -169,6 +282,27 @@ class Hedger:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _log_hedge(self, job: OrderCancel, age: float) -> None:
+        estimate = self._estimate
+        if self.fixed_delay is not None or estimate is None:
+            why = f"hedge={self.fixed_delay}"
+        else:
+            why = (
+                f"auto: max(p{AUTO_QUANTILE * 100:.0f} {estimate.quantile * 1e3:.1f} ms, "
+                f"{AUTO_MIN_MEDIAN_MULTIPLE:g} x median {estimate.median * 1e3:.1f} ms), "
+                f"estimated from {estimate.replies} replies and {estimate.censored} "
+                "requests without an answer yet"
+            )
+        logger.debug(
+            "hedging order %s: no answer after %.1f ms; delay %.1f ms (%s); hedge %d of %d allowed",
+            job.order_id,
+            age * 1e3,
+            (self.delay() or 0.0) * 1e3,
+            why,
+            self.hedges_sent,
+            int(self.budget * self.primaries),
+        )
 
     async def _first_answer(
         self, job: OrderCancel, primary: asyncio.Task[StopOrder], hedge: asyncio.Task[StopOrder]
@@ -202,22 +336,36 @@ class Hedger:
     async def _timed(
         self, job: OrderCancel, sent: asyncio.Future[float] | None, *, urgent: bool = False
     ) -> StopOrder:
-        """Run one attempt; learn its reply time and whether it met a 429."""
-        loop = asyncio.get_running_loop()
+        """Run one attempt; note its end (a first request) and whether it met a 429.
+
+        The canceller times a request only when no other request of the order
+        went out meanwhile; a first request overtaken by its hedge is timed here.
+        """
+        sent_before = job.attempts
+        answered = False
         try:
             order = await self.canceller.attempt(job, urgent=urgent)
+            answered = True
         except RateLimitError:
             self.stopped_accounts.add(job.account.account_id)
             raise
         except OrderNotFoundError:
-            self._sample(sent, loop)
+            answered = True
             raise
-        self._sample(sent, loop)
+        finally:
+            if sent is not None:
+                self._primary_ended(job, sent, sent_before, answered=answered)
         return order
 
-    def _sample(self, sent: asyncio.Future[float] | None, loop: asyncio.AbstractEventLoop) -> None:
-        if sent is not None and sent.done() and not sent.cancelled():
-            self._samples.append(loop.time() - sent.result())
-            self._replies += 1
-            if len(self._samples) == AUTO_MIN_SAMPLES and self.fixed_delay is None:
-                self._pulse()  # the first-wave requests waiting for a delay get one
+    def _primary_ended(
+        self, job: OrderCancel, sent: asyncio.Future[float], sent_before: int, *, answered: bool
+    ) -> None:
+        sent_at = self._in_flight.pop(job, None)
+        if sent_at is None:
+            if not sent.done() or sent.cancelled():
+                return  # it never reached the wire
+            sent_at = sent.result()
+        if job.attempts > sent_before + 1:  # a hedge went out meanwhile
+            age = time.monotonic() - sent_at
+            self._window.append(age if answered else -age)
+        self._answered()
