@@ -6,6 +6,7 @@ import asyncio
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,42 @@ def test_watchdog_help_shows_a_systemd_unit() -> None:
     assert "ExecStart=" in out.stdout
     assert "--token-command" in out.stdout
     assert "pip install 'asyncstop[postgres]'" in " ".join(out.stdout.split())
+
+
+async def test_an_unusable_dsn_is_refused_without_showing_its_password() -> None:
+    """A DSN that can never work raises InvalidInputError at once; its password is not in it."""
+    pytest.importorskip("asyncpg")
+    with pytest.raises(asyncstop.InvalidInputError) as caught:
+        await asyncstop.PostgresRegistry.connect(
+            "postgresql://bot:HUNTER2PW@127.0.0.1:notaport/db", owner="bot-1"
+        )
+    assert "HUNTER2PW" not in str(caught.value)
+
+
+def test_watchdog_with_an_unusable_dsn_exits_2_in_one_line(tmp_path: Path) -> None:
+    """`asyncstop watchdog --store BAD` exits 2 with one line, no traceback, no password."""
+    pytest.importorskip("asyncpg")
+    token = tmp_path / "token"
+    token.write_text("t0k3n\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asyncstop",
+            "watchdog",
+            "--store",
+            "postgresql://bot:HUNTER2PW@127.0.0.1:5432/db?sslmode=bogus",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--token-command",
+            f"cat {token}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert len(out.stderr.splitlines()) == 1
+    assert "sslmode" in out.stderr
+    assert "HUNTER2PW" not in out.stderr

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import ModuleType
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar, cast
 
 from .._errors import InvalidInputError
 from .._logging import logger
@@ -31,6 +32,7 @@ __all__ = [
     "Database",
     "db_errors",
     "import_asyncpg",
+    "redact_password",
 ]
 
 T = TypeVar("T")
@@ -131,7 +133,7 @@ class Database:
         async with self._slots:
             conn = self._idle.pop() if self._idle else None
             if conn is None or conn.is_closed():
-                conn = await import_asyncpg().connect(self._dsn, timeout=self.connect_timeout)
+                conn = await self._connect()
                 self._open.add(conn)
             try:
                 yield conn
@@ -154,6 +156,18 @@ class Database:
             async with self.connection() as conn:
                 return await operation(conn)
 
+    async def _connect(self) -> asyncpg.Connection:
+        driver = import_asyncpg()
+        try:
+            conn = await driver.connect(self._dsn, timeout=self.connect_timeout)
+        except (ValueError, driver.ClientConfigurationError) as err:
+            # A DSN that cannot work: no retry helps. Its password never shows.
+            raise InvalidInputError(
+                f"the PostgreSQL DSN is not usable: {type(err).__name__}: "
+                f"{redact_password(str(err), self._dsn)}"
+            ) from None
+        return cast("asyncpg.Connection", conn)
+
     def _terminate(self, conn: asyncpg.Connection) -> None:
         self._open.discard(conn)
         conn.terminate()
@@ -172,6 +186,17 @@ class Database:
                 for other in conns:
                     other.terminate()
                 raise
+
+
+def redact_password(text: str, dsn: str) -> str:
+    """``text`` with the DSN's password (if any) replaced by ``***``."""
+    try:
+        password = urllib.parse.urlsplit(dsn).password
+    except ValueError:
+        password = None
+    if password:
+        text = text.replace(password, "***").replace(urllib.parse.quote(password), "***")
+    return text
 
 
 async def ensure_schema(conn: asyncpg.Connection) -> None:
