@@ -345,7 +345,9 @@ class FakeExchange(OrderBook, FaultBook):
         if protocol in self._stale:
             self._write_stale(request)
         entry = self._arrival(request)
-        if entry.method == "DELETE":
+        # A method a documented path does not declare gets its 405 before any
+        # header check, as the contract says (DELETE /accounts is not a cancel).
+        if entry.method == "DELETE" and entry.path.startswith(_PREFIX):
             pending = self._pending(entry)
             # A request whose client closed its connection (a timeout, an abandoned
             # hedge) is in flight for nobody: aiohttp keeps its handler running, but
