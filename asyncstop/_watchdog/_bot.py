@@ -121,6 +121,11 @@ class Watchdog:
     **fire()** is one run bounded by ``deadline``, protective stops included
     unless ``include_protective=False``, whose report goes back to the bot.
 
+    ``heartbeat_timeout`` (default 10 s) trades a frozen bot's unguarded time
+    against false fires: a 3 s stall (a garbage-collector pass, a blocking
+    call) is common in Python bots, and a false fire cancels every stop and
+    fences the registry until :meth:`restart`.
+
     Leaving the block normally disarms it: nothing is cancelled. Leaving it
     with an exception (cancellation and KeyboardInterrupt included) fires it
     first, unless ``fire_on_error=False``. If the watchdog dies, the bot

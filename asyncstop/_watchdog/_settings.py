@@ -15,6 +15,7 @@ import msgspec
 from .._constants import DEFAULT_KILL_SWITCH_HEDGE, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT
 from .._errors import InvalidInputError
 from .._validation import check_bulk_settings, check_count, check_seconds
+from ._firing import DEFAULT_GIVE_UP_AFTER
 
 __all__ = [
     "DEFAULT_GIVE_UP_AFTER",
@@ -34,8 +35,6 @@ DEFAULT_HEARTBEAT_INTERVAL: Final = 0.5
 DEFAULT_HEARTBEAT_TIMEOUT: Final = 10.0
 #: Each cancel run's deadline in seconds (a fire(), one round of persistent firing).
 DEFAULT_DEADLINE: Final = 10.0
-#: Seconds a watchdog that fired by itself keeps trying before it gives up.
-DEFAULT_GIVE_UP_AFTER: Final = 3600.0
 #: Seconds to wait for the watchdog's preflight and warm-up.
 DEFAULT_START_TIMEOUT: Final = 30.0
 #: Seconds a token command may take before it is killed.
