@@ -16,7 +16,10 @@ server pushes back; so does this one. The rules:
   replies seen so far are the fast ones; ignoring the rest put the p95 early
   and spent the budget on orders that were about to answer. With the
   censored ones counted, a client with no history hedges once 95 % of the
-  round has answered, and hedges exactly the stragglers. A request abandoned
+  round has answered, and hedges exactly the stragglers. While too many
+  requests wait for the p95 to be known (more than 5 % of a round hang), a
+  request older than twice the longest reply seen is a straggler by any
+  estimate, and is hedged. A request abandoned
   for its hedge, timed out or cut by the deadline stays in the window as a
   lower bound too, so that hedging does not teach "auto" a shorter tail.
 - A hedge takes the next free slot ahead of fresh orders: behind them it would
@@ -69,6 +72,9 @@ AUTO_QUANTILE: Final = 0.95
 AUTO_MIN_SAMPLES: Final = 20
 #: "auto" waits at least this many median reply times before a hedge.
 AUTO_MIN_MEDIAN_MULTIPLE: Final = 2.0
+#: While the quantile cannot be known yet, "auto" hedges a request once it is
+#: this many times older than the longest reply seen.
+AUTO_BEYOND_LONGEST: Final = 2.0
 #: "auto" goes by the client's latest this many requests: the estimate stays
 #: cheap in a call of 100,000 orders, and follows the exchange if it slows down.
 AUTO_WINDOW: Final = 512
@@ -86,14 +92,18 @@ def reply_window() -> deque[float]:
 class Estimate(NamedTuple):
     """An "auto" delay and what it was made from."""
 
-    #: Seconds without an answer before a hedge: ``max(quantile, 2 * median)``.
+    #: Seconds without an answer before a hedge: ``max(quantile, 2 * median)``,
+    #: or twice the longest reply while the quantile is not known.
     delay: float
-    #: The estimated ``AUTO_QUANTILE`` reply time, and the median, in seconds.
+    #: The estimated ``AUTO_QUANTILE`` reply time (when not ``known``: the
+    #: longest reply, a lower bound), and the median, in seconds.
     quantile: float
     median: float
     #: Reply times behind it, and lower bounds (requests in flight or abandoned).
     replies: int
     censored: int
+    #: False while too many requests wait for the quantile to be known.
+    known: bool = True
 
 
 def estimate_delay(
@@ -109,8 +119,8 @@ def estimate_delay(
     that got no answer within that age); ``in_flight`` the ages of requests
     still waiting. The product-limit estimate of the survival function counts
     each lower bound as "at least this long". None while fewer than
-    ``min_replies`` replies are in, or while the estimate cannot reach the
-    quantile yet (too many requests are still waiting for it to be known).
+    ``min_replies`` replies are in. While too many requests wait for the
+    estimate to reach the quantile, the delay is twice the longest reply.
     """
     replies: list[float] = []
     bounds: list[float] = list(in_flight)
@@ -148,7 +158,15 @@ def estimate_delay(
                 len(replies),
                 bound_count,
             )
-    return None
+    longest = replies[-1]
+    return Estimate(
+        AUTO_BEYOND_LONGEST * longest,
+        longest,
+        longest if median is None else median,
+        len(replies),
+        bound_count,
+        known=False,
+    )
 
 
 class Hedger:
@@ -158,6 +176,7 @@ class Hedger:
         "_changed",
         "_estimate",
         "_in_flight",
+        "_longest",
         "_since_estimate",
         "_window",
         "budget",
@@ -181,6 +200,8 @@ class Hedger:
         #: The ``time.monotonic()`` each first request in flight reached the wire.
         self._in_flight: dict[OrderCancel, float] = {}
         self._estimate: Estimate | None = None
+        #: The longest reply time of this call's first requests so far.
+        self._longest = 0.0
         #: Answers since the estimate was made; None: not made yet.
         self._since_estimate: int | None = None
         self._changed: asyncio.Future[None] | None = None
@@ -198,7 +219,11 @@ class Hedger:
         if self._since_estimate is None:
             self._update_estimate()
         estimate = self._estimate
-        return None if estimate is None else estimate.delay
+        if estimate is None:
+            return None
+        if estimate.known:
+            return estimate.delay
+        return AUTO_BEYOND_LONGEST * max(estimate.quantile, self._longest)
 
     def _update_estimate(self) -> None:
         now = time.monotonic()
@@ -215,11 +240,18 @@ class Hedger:
         if self.fixed_delay is not None or self._since_estimate is None:
             return
         self._since_estimate += 1
-        if self._since_estimate >= _RECOMPUTE_EVERY or (
-            self._estimate is None
-            # The quantile can be known only once few enough requests are waiting.
-            and len(self._in_flight)
-            <= (1.0 - AUTO_QUANTILE) * (len(self._window) + len(self._in_flight))
+        estimate = self._estimate
+        if (
+            self._since_estimate >= _RECOMPUTE_EVERY
+            # Enough replies may be in (the window is short: this is cheap).
+            or (estimate is None and len(self._window) >= AUTO_MIN_SAMPLES)
+            or (
+                estimate is not None
+                and not estimate.known
+                # The quantile can be known only once few enough requests are waiting.
+                and len(self._in_flight)
+                <= (1.0 - AUTO_QUANTILE) * (len(self._window) + len(self._in_flight))
+            )
         ):
             self._update_estimate()
 
@@ -287,6 +319,12 @@ class Hedger:
         estimate = self._estimate
         if self.fixed_delay is not None or estimate is None:
             why = f"hedge={self.fixed_delay}"
+        elif not estimate.known:
+            why = (
+                f"auto: p{AUTO_QUANTILE * 100:.0f} not known yet, {estimate.censored} requests "
+                f"without an answer; {AUTO_BEYOND_LONGEST:g} x the longest of "
+                f"{estimate.replies} replies"
+            )
         else:
             why = (
                 f"auto: max(p{AUTO_QUANTILE * 100:.0f} {estimate.quantile * 1e3:.1f} ms, "
@@ -365,7 +403,9 @@ class Hedger:
             if not sent.done() or sent.cancelled():
                 return  # it never reached the wire
             sent_at = sent.result()
+        age = time.monotonic() - sent_at
+        if answered and age > self._longest:
+            self._longest = age
         if job.attempts > sent_before + 1:  # a hedge went out meanwhile
-            age = time.monotonic() - sent_at
             self._window.append(age if answered else -age)
         self._answered()

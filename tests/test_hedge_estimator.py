@@ -53,16 +53,16 @@ TABLE: list[tuple[str, list[float], list[float], float | None]] = [
         40,
     ),
     (
-        "one round, half answered: the p95 cannot be known yet",
+        "one round, half answered: the p95 cannot be known yet: twice the longest reply",
         spread(100, 10, 50),
         [0.060] * 100,
-        None,
+        2 * 50,
     ),
     (
         "one round, 94 % answered: still unknown",
         [*ms(*[10] * 150), *spread(38, 11, 300)],
         [0.310] * 12,
-        None,
+        2 * 300,
     ),
     (
         "one round, 95 % answered: the p95 is the latest reply",
@@ -74,7 +74,7 @@ TABLE: list[tuple[str, list[float], list[float], float | None]] = [
         "ignoring the requests in flight would have said 95 ms here",
         spread(100, 1, 100),
         [0.120] * 100,
-        None,
+        2 * 100,
     ),
     (
         "young requests in flight (the next round) do not hold the estimate back",
@@ -86,7 +86,7 @@ TABLE: list[tuple[str, list[float], list[float], float | None]] = [
         "a request abandoned at 300 ms (negated) keeps the tail long",
         [*spread(37, 10, 100), *[-0.300] * 3],
         [],
-        None,
+        2 * 100,
     ),
     (
         "lower bounds below a reply time take nothing from the tail above it",
@@ -117,6 +117,17 @@ def test_the_delay_from_reply_times_and_ages(
     else:
         assert estimate is not None
         assert estimate.delay == pytest.approx(expected_ms / 1000, rel=1e-6)
+
+
+def test_an_unknown_quantile_says_so() -> None:
+    """Half a round answered: the p95 is not known yet, and the estimate says so."""
+    estimate = estimate_delay(spread(100, 10, 50), [0.060] * 100)
+    assert estimate is not None
+    assert not estimate.known
+    assert estimate.quantile == pytest.approx(0.050)  # a lower bound: the longest reply
+    known = estimate_delay(spread(20, 10, 200))
+    assert known is not None
+    assert known.known
 
 
 def test_an_estimate_says_what_it_was_made_from() -> None:
