@@ -5,8 +5,9 @@ Part 1 seeds stop orders over a few accounts on a
 but healthy venue, fires a :class:`asyncstop.KillSwitch` (up to three times,
 as an operator would), and compares the client's report with the exchange's
 own list of live orders. Part 2 (:mod:`.demo_watchdog`) kills a bot process
-holding live stops with SIGKILL and shows its :class:`asyncstop.Watchdog`
-cancelling every one of them.
+holding live stops with SIGKILL as the exchange starts failing every cancel,
+and shows its :class:`asyncstop.Watchdog` keeping at it until the exchange
+recovers and every stop is cancelled.
 """
 
 from __future__ import annotations
@@ -67,14 +68,17 @@ def add_parser(commands: Subcommands) -> None:
     parser = commands.add_parser(
         "demo",
         help="watch the kill switch cancel 2,000 stop orders, then a watchdog cancel "
-        "the stops of a bot killed with SIGKILL, on an in-process fake exchange",
+        "the stops of a bot killed with SIGKILL during an outage, on an in-process fake "
+        "exchange",
         description=(
             "Start a fake exchange with realistic latency and faults. Part 1: seed stop orders, "
             "fire the kill switch, and compare the report with the exchange's own view. "
-            "Part 2: start a bot process that records its stops in a durable registry and arms "
-            "a watchdog (a separate process), kill the bot with SIGKILL, and show the watchdog "
-            "cancelling every stop: the time from the kill to the last cancel, and the "
-            "exchange's count of live stops before and after. The bot's and the watchdog's "
+            "Part 2: start a bot process that arms a watchdog (a separate process) and records "
+            "its stops in a durable registry; make the exchange fail every cancel (503) for 3 s "
+            "and kill the bot with SIGKILL meanwhile; show the watchdog retrying through the "
+            "outage and cancelling every stop after it: the time from the recovery to the last "
+            "cancel, and the exchange's count of live stops before and after. The bot's and the "
+            "watchdog's "
             "log is shown on stderr after part 2 with -v, or when part 2 fails."
         ),
         epilog="exit status: 0 both parts leave no stop order live on the exchange; 1 some are",
