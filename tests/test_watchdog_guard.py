@@ -362,3 +362,30 @@ async def test_restart_takes_over_from_a_watchdog_still_firing_in_an_outage(
     assert not exchange.open_stop_orders()
     assert len(registry) == 0
     assert read_report(watchdog.report_path)[-1]["event"] == "taken_over"
+
+
+async def test_a_bot_that_leaves_after_its_watchdog_fired_leaves_it_firing(
+    exchange: FakeExchange, registry: StopOrderRegistry
+) -> None:
+    """Leaving the block after a fire does not stop the watchdog: it cancels all once it can."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    exchange.faults = Faults(error_before=1.0)
+    try:
+        async with Watchdog(registry, **_settings(exchange)) as watchdog:
+            for order_id in ids:
+                registry.add(order_id)
+            stalled = time.monotonic()
+            while fence_reason(registry) is None and time.monotonic() - stalled < 30:
+                time.sleep(0.05)  # noqa: ASYNC251 - the stall under test
+            await asyncio.wait_for(watchdog.wait_fired(), WAIT_LIMIT)
+            pid = watchdog.pid
+            assert pid is not None
+        assert watchdog.returncode is None  # still running after the bot left
+        assert exchange.open_stop_orders() == set(ids)
+    finally:
+        exchange.faults = Faults()
+    async with asyncio.timeout(60):
+        await process_exited(pid)
+    assert not exchange.open_stop_orders()
+    assert len(registry) == 0
+    await wait_until(lambda: watchdog.returncode == 0, timeout=WAIT_LIMIT)  # reaped, exit 0
