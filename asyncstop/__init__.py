@@ -60,7 +60,7 @@ from ._postgres import PostgresRegistry
 from ._registry import StopOrderRegistry
 from ._report import CancelOutcome, CancelReport, CancelResult, OrderItem
 from ._transport import DaemonThreadResolver, Timeout
-from ._watchdog import Watchdog
+from ._watchdog import Watchdog, WatchdogFired
 
 __version__ = "0.2.0"
 
@@ -104,6 +104,7 @@ __all__ = [
     "TradingAccount",
     "Watchdog",
     "WatchdogError",
+    "WatchdogFired",
     "__version__",
     "command_token_provider",
 ]
