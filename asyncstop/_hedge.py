@@ -292,15 +292,15 @@ class Hedger:
                 wait = None if delay is None else sent_at + delay - time.monotonic()
                 if wait is not None and wait <= 0:
                     break
-                done, _ = await asyncio.wait(
+                # Woken by the delay's end or by a new delay: either way, look
+                # again (while the p95 is unknown, the delay grows with the replies).
+                await asyncio.wait(
                     (primary, self._next_change(loop)),
                     timeout=wait,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if primary.done():
                     return await primary
-                if not done:
-                    break  # no answer within the delay
             if not self._may_hedge(job):
                 return await primary
             self.hedges_sent += 1
