@@ -21,11 +21,12 @@ import pytest
 
 import asyncstop
 from asyncstop import StopOrderRegistry
-from asyncstop.testing import FakeExchange, Faults
+from asyncstop.testing import FakeExchange, Faults, wait_until
 
 from .helpers import (
     ACCOUNT,
     TOKEN,
+    WAIT_LIMIT,
     process_exited,
     read_report,
     start_watchdog_bot,
@@ -181,8 +182,7 @@ async def test_without_token_command_the_protection_ends_at_the_tokens_exp(
     exchange: FakeExchange, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """protected_until is the JWT's exp, logged at WARNING at start; None with token_command."""
-    claims = base64.urlsafe_b64encode(json.dumps({"exp": time.time() + 3600.0}).encode())
-    token = f"eyJhbGciOiJub25lIn0.{claims.decode().rstrip('=')}.sig"
+    token = _jwt(time.time() + 3600.0)
     exchange.tokens.add(token)
     caplog.set_level(logging.WARNING, logger="asyncstop")
     with StopOrderRegistry.open(tmp_path / "stops.db") as registry:
@@ -198,3 +198,51 @@ async def test_without_token_command_the_protection_ends_at_the_tokens_exp(
     assert len(warnings) == 1
     assert warnings[0].levelno == logging.WARNING
     assert until.isoformat(timespec="seconds") in warnings[0].message
+
+
+_COUNTING_COMMAND = (
+    "import pathlib, sys, time\n"
+    "log = pathlib.Path(sys.argv[1])\n"
+    "before = log.read_text() if log.exists() else ''\n"
+    "log.write_text(before + f'{time.time()}\\n')\n"
+    "print(pathlib.Path(sys.argv[2]).read_text())\n"
+)
+
+
+def _jwt(expires_at: float) -> str:
+    claims = base64.urlsafe_b64encode(json.dumps({"exp": expires_at}).encode()).decode()
+    return f"eyJhbGciOiJub25lIn0.{claims.rstrip('=')}.sig"
+
+
+@pytest.mark.timeout(90)
+async def test_once_the_bot_is_dead_the_token_is_renewed_ahead_of_its_exp(
+    exchange: FakeExchange, tmp_path: Path
+) -> None:
+    """A dead bot's JWT near its exp: token_command runs before the exp, with no 401 first."""
+    ids = exchange.add_stop_orders(10, account_id=ACCOUNT)
+    # Renewed 5 s ahead of its exp (the least lead): about 7 s after the kill.
+    expires_at = time.time() + 12.0
+    old, fresh = _jwt(expires_at), _jwt(time.time() + 3600.0)
+    exchange.tokens.update({old, fresh})
+    runs, token_file = tmp_path / "runs", tmp_path / "token"
+    token_file.write_text(fresh)
+    command = [sys.executable, "-c", _COUNTING_COMMAND, str(runs), str(token_file)]
+    bot = await start_watchdog_bot(
+        tmp_path / "stops.db",
+        _settings(exchange, token=old, token_command=command),
+        [(i, False) for i in ids],
+    )
+    try:
+        exchange.faults = OUTAGE  # the firing lasts: the renewal runs meanwhile
+        bot.process.kill()
+        await wait_until(runs.exists, timeout=2 * WAIT_LIMIT)
+        exchange.faults = Faults()
+        async with asyncio.timeout(60):
+            await process_exited(bot.watchdog_pid)
+    finally:
+        exchange.faults = Faults()
+        await stop_watchdog_bot(bot)
+    first_run = float(runs.read_text().split()[0])
+    assert first_run < expires_at
+    assert not [e for e in exchange.requests("DELETE") if e.status == 401]
+    assert not exchange.open_stop_orders()
