@@ -83,6 +83,13 @@ async def test_a_sigkilled_bot_has_every_stop_cancelled_after_two_thirds_and_wit
     assert len(record["protective_left"]) == 5
     log = (tmp_path / "svc.log").read_text()
     assert "fired for owner 'bot-1' (epoch 1): 45 cancelled" in log
+    # A bot that comes back learns what was done while it was gone.
+    async with (
+        await asyncstop.PostgresRegistry.connect(postgres_dsn, owner="bot-1") as registry,
+        registry.lease(ttl=TTL) as lease,
+    ):
+        assert [fire["counts"]["cancelled"] for fire in lease.fires] == [45]
+        assert sorted(await registry.snapshot()) == sorted((ACCOUNT, i) for i in protective)
 
 
 @pytest.mark.timeout(120)

@@ -79,6 +79,7 @@ _SCHEMA: Final = (
         ttl double precision,
         expires_at timestamptz,
         holder text,
+        leased_at timestamptz,
         fire_epoch bigint,
         claimed_by text,
         claim_expires_at timestamptz

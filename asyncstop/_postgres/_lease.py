@@ -19,11 +19,12 @@ Three rules make it safe when the bot, its network or its machine fails:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import InvalidInputError, LeaseLostError
 from .._logging import logger
@@ -44,18 +45,24 @@ _RENEWALS_PER_TTL: Final = 3
 _RETRY_PAUSE: Final = 0.2
 
 _ACQUIRE: Final = """
-    INSERT INTO asyncstop_owners (owner, epoch, ttl, expires_at, holder)
-    VALUES ($1, 1, $2, clock_timestamp() + make_interval(secs => $2), $3)
+    INSERT INTO asyncstop_owners (owner, epoch, ttl, expires_at, holder, leased_at)
+    VALUES ($1, 1, $2, clock_timestamp() + make_interval(secs => $2), $3, clock_timestamp())
     ON CONFLICT (owner) DO UPDATE SET
         epoch = asyncstop_owners.epoch + 1,
         ttl = EXCLUDED.ttl,
         expires_at = EXCLUDED.expires_at,
-        holder = EXCLUDED.holder
+        holder = EXCLUDED.holder,
+        leased_at = EXCLUDED.leased_at
     RETURNING epoch
 """
 _PREVIOUS: Final = """
-    SELECT expires_at > clock_timestamp() AS live, claimed_by
+    SELECT expires_at > clock_timestamp() AS live, claimed_by, leased_at
     FROM asyncstop_owners WHERE owner = $1
+"""
+# The fires that hit the previous holder: recorded since it took its lease.
+_FIRES_SINCE: Final = """
+    SELECT record FROM asyncstop_fires
+    WHERE owner = $1 AND claimed_at >= $2 AND record IS NOT NULL ORDER BY id
 """
 _RENEW: Final = """
     UPDATE asyncstop_owners SET expires_at = clock_timestamp() + make_interval(secs => ttl)
@@ -95,6 +102,9 @@ class Lease:
         self.lost_reason: str | None = None
         #: True when entering took over a lease that was still live.
         self.took_over = False
+        #: The records of the off-host fires for this owner since its previous lease was
+        #: taken (oldest first): what a bot that comes back needs to know of its stops.
+        self.fires: list[dict[str, Any]] = []
         self._db = Database(dsn, max_connections=1)
         self._deadline = 0.0
         self._lost = asyncio.Event()
@@ -166,6 +176,9 @@ class Lease:
                 async with conn.transaction():
                     previous = await conn.fetchrow(_PREVIOUS + " FOR UPDATE", self.owner)
                     epoch = await conn.fetchval(_ACQUIRE, self.owner, self.ttl, holder)
+                    if previous is not None and previous["leased_at"] is not None:
+                        rows = await conn.fetch(_FIRES_SINCE, self.owner, previous["leased_at"])
+                        self.fires = [json.loads(row["record"]) for row in rows]
                 live = bool(previous and previous["live"])
                 return int(epoch), live, previous["claimed_by"] if previous else None
 
@@ -182,6 +195,17 @@ class Lease:
                 "lease of owner %r taken over from a live holder (epoch %d): its adds now fail",
                 self.owner,
                 self.epoch,
+            )
+        for fire in self.fires:
+            counts = ", ".join(f"{n} {k}" for k, n in fire.get("counts", {}).items() if n)
+            logger.warning(
+                "owner %r: while it had no lease, the off-host service %r fired for it: %s; "
+                "%s may still be live, %d protective left live (lease.fires)",
+                self.owner,
+                fire.get("service"),
+                counts or "nothing sent",
+                fire.get("pending_count"),
+                len(fire.get("protective_left", ())),
             )
         if claimed_by is not None:
             logger.warning(
