@@ -19,7 +19,14 @@ from asyncstop import AsyncStopClient, TokenProviderError, command_token_provide
 
 from .._argtypes import count, positive_float
 from .._logging import install_stderr_handler
-from .._postgres._db import INSTALL_HINT
+from .._postgres._db import INSTALL_HINT, import_asyncpg
+from .._watchdog._firing import DEFAULT_GIVE_UP_AFTER
+from .._watchdog._service import (
+    DEFAULT_CLAIM_TTL,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_ROUND_DEADLINE,
+    OffHostService,
+)
 from .common import ENV_ACCOUNT_ID, ENV_BASE_URL, EXIT_OK, EXIT_USAGE, PROG, Subcommands
 from .context import Context
 from .running import run_until_signal
@@ -92,28 +99,28 @@ def add_parser(commands: Subcommands) -> None:
     parser.add_argument(
         "--give-up-after",
         type=positive_float,
-        default=3600.0,
+        default=DEFAULT_GIVE_UP_AFTER,
         metavar="S",
         help="seconds one owner's firing keeps retrying (default: %(default)s)",
     )
     parser.add_argument(
         "--round-deadline",
         type=positive_float,
-        default=10.0,
+        default=DEFAULT_ROUND_DEADLINE,
         metavar="S",
         help="each firing round's deadline (default: %(default)s)",
     )
     parser.add_argument(
         "--poll-interval",
         type=positive_float,
-        default=0.5,
+        default=DEFAULT_POLL_INTERVAL,
         metavar="S",
         help="seconds between two looks for expired leases (default: %(default)s)",
     )
     parser.add_argument(
         "--claim-ttl",
         type=positive_float,
-        default=30.0,
+        default=DEFAULT_CLAIM_TTL,
         metavar="S",
         help="seconds another service waits to take over an owner this one claimed and "
         "stopped renewing (it died mid-fire) (default: %(default)s)",
@@ -135,9 +142,6 @@ def run(args: argparse.Namespace, context: Context) -> int:
     """``asyncstop watchdog``."""
     del context  # a service: it logs, it prints no result
     try:
-        from .._postgres._db import import_asyncpg  # noqa: PLC0415
-        from .._watchdog._service import OffHostService  # noqa: PLC0415 - needs asyncpg
-
         import_asyncpg()
     except ImportError:
         print(f"{PROG}: error: watchdog --store needs asyncpg: {INSTALL_HINT}", file=sys.stderr)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .._logging import logger
 from .._postgres._db import Database, db_errors, ensure_schema
 from .._report import CancelOutcome, report_record
-from ._firing import FiringRound, RegisteredStop, fire_until_settled
+from ._firing import DEFAULT_GIVE_UP_AFTER, FiringRound, RegisteredStop, fire_until_settled
 
 if TYPE_CHECKING:
     import asyncpg
@@ -164,7 +164,7 @@ class OffHostService:
         name: str | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         claim_ttl: float = DEFAULT_CLAIM_TTL,
-        give_up_after: float | None = None,
+        give_up_after: float | None = DEFAULT_GIVE_UP_AFTER,
         round_deadline: float = DEFAULT_ROUND_DEADLINE,
         cancel_protective: bool = False,
         concurrency: int | None = None,
