@@ -224,3 +224,23 @@ async def test_a_service_stopped_mid_fire_is_taken_over_by_the_other(
     assert record["counts"]["cancelled"] == len(ids)
     if how == "SIGTERM":
         assert "claim handed back" in (tmp_path / "svc-a.log").read_text()
+
+
+@pytest.mark.timeout(120)
+async def test_cancel_protective_cancels_the_protective_stops_too(
+    postgres_dsn: str, exchange: FakeExchange, tmp_path: Path
+) -> None:
+    """With --cancel-protective the service cancels every stop, protective ones included."""
+    ids = exchange.add_stop_orders(10, account_id=ACCOUNT)
+    orders = [(ACCOUNT, order_id, True) for order_id in ids]
+    async with (
+        service_process(postgres_dsn, exchange, tmp_path, "--cancel-protective"),
+        bot_process(postgres_dsn, {"bot-1": orders}, ttl=1.5, log=tmp_path / "bot.log") as bot,
+    ):
+        os.killpg(bot.process.pid, signal.SIGKILL)
+        await bot.process.wait()
+        await wait_until(lambda: not exchange.open_stop_orders(ACCOUNT), 30)
+        await _wait_for_fires(postgres_dsn, 1)
+    (record,) = await _fires(postgres_dsn)
+    assert record["counts"]["cancelled"] == len(ids)
+    assert record["protective_left"] == []
