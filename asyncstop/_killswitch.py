@@ -267,6 +267,7 @@ class KillSwitch:
         if protective:
             report.results[:] = mark_protective(report.results, protective)
         self._forget(report)
+        await self._forget_in_async_store(report)
         if len(report) or self.last_report is None:
             self.last_report = report
         logger.warning("kill switch done: %r", report)
@@ -325,6 +326,22 @@ class KillSwitch:
         try:
             self.source.discard_settled_many(settled, default_account_id=self.client.account_id)
         except (sqlite3.Error, RuntimeError) as err:
+            # They stay registered: a later run sends them again and meets 404s.
+            logger.error(
+                "could not remove %d settled orders from the registry: %s", len(settled), err
+            )
+
+    async def _forget_in_async_store(self, report: CancelReport) -> None:
+        """Forget what the run settled from an async registry (``PostgresRegistry``)."""
+        discard = getattr(self.source, "discard_settled_many", None)
+        if isinstance(self.source, StopOrderRegistry) or not inspect.iscoroutinefunction(discard):
+            return
+        settled = [(result.order_id, result.account_id) for result in report.settled]
+        if not settled:
+            return
+        try:
+            await discard(settled, default_account_id=self.client.account_id)
+        except Exception as err:  # the report stands: a database error must not hide it
             # They stay registered: a later run sends them again and meets 404s.
             logger.error(
                 "could not remove %d settled orders from the registry: %s", len(settled), err

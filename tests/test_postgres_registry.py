@@ -191,7 +191,7 @@ def test_watchdog_command_without_asyncpg_prints_one_line_and_exits_2() -> None:
 async def test_a_lost_lease_trips_a_kill_switch_over_the_registry(
     postgres_dsn: str, exchange: FakeExchange, make_client: ClientFactory
 ) -> None:
-    """docs/offhost.md's pattern: wait_lost() returns, and KillSwitch(client, registry) cancels."""
+    """docs/offhost.md's pattern: wait_lost(), then KillSwitch cancels and forgets the settled."""
     ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
     client = await make_client()
     async with (
@@ -208,8 +208,10 @@ async def test_a_lost_lease_trips_a_kill_switch_over_the_registry(
                 await registry.add("late", ACCOUNT)
             await asyncio.wait_for(lease.wait_lost(), WAIT_LIMIT)
             report = await switch.trigger()
+            left = await usurper.snapshot()
     assert report.ok
     assert exchange.open_stop_orders(ACCOUNT) == set()
+    assert left == []  # settled, so no longer registered: a later run would send nothing
 
 
 def test_watchdog_help_shows_a_systemd_unit() -> None:
