@@ -6,8 +6,8 @@
     asyncstop kill --ids FILE                  cancel every stop order listed in FILE (- : stdin)
     asyncstop kill --registry PATH             cancel every order a (dead) bot's registry holds
     asyncstop fake-exchange --orders 1000      serve a fake exchange to try ``kill`` against
-    asyncstop demo                             a kill switch, then a SIGKILLed bot's watchdog,
-                                               against an in-process fake exchange
+    asyncstop demo                             a kill switch, a SIGKILLed bot's watchdog, and
+                                               the off-host service for a dead machine
     asyncstop watchdog --store DSN ...         the off-host service: cancel the stops of
                                                bots whose PostgreSQL lease expired
 

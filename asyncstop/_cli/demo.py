@@ -67,9 +67,9 @@ def add_parser(commands: Subcommands) -> None:
     """Add ``demo`` to the subcommands ``commands``."""
     parser = commands.add_parser(
         "demo",
-        help="watch the kill switch cancel 2,000 stop orders, then a watchdog cancel "
-        "the stops of a bot killed with SIGKILL during an outage, on an in-process fake "
-        "exchange",
+        help="watch the kill switch cancel 2,000 stop orders, a watchdog cancel the stops "
+        "of a bot killed with SIGKILL during an outage, and the off-host service those of a "
+        "dead machine's bot (with PostgreSQL), on a fake exchange in this process",
         description=(
             "Start a fake exchange with realistic latency and faults. Part 1: seed stop orders, "
             "fire the kill switch, and compare the report with the exchange's own view. "
@@ -78,10 +78,13 @@ def add_parser(commands: Subcommands) -> None:
             "and kill the bot with SIGKILL meanwhile; show the watchdog retrying through the "
             "outage and cancelling every stop after it: the time from the recovery to the last "
             "cancel, and the exchange's count of live stops before and after. The bot's and the "
-            "watchdog's "
-            "log is shown on stderr after part 2 with -v, or when part 2 fails."
+            "watchdog's log is shown on stderr after part 2 with -v, or when part 2 fails. "
+            "Part 3, when PostgreSQL's server binaries and asyncpg are here: start a temporary "
+            "PostgreSQL, a bot holding a lease and an off-host service, each a process of its "
+            "own; SIGKILL the bot's process group (a machine's death) and show the service "
+            "cancelling its stops once the lease expires; otherwise one line says why it skips."
         ),
-        epilog="exit status: 0 both parts leave no stop order live on the exchange; 1 some are",
+        epilog="exit status: 0 every part leaves no stop order live on the exchange; 1 some are",
     )
     parser.add_argument(
         "--orders",
