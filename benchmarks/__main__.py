@@ -32,6 +32,7 @@ SCENARIOS: Final = {
     5: "benchmarks.memory",
     6: "benchmarks.watchdog",
     7: "benchmarks.postgres",
+    8: "benchmarks.oneround",
 }
 #: The bench extra; uvloop is optional (the extra leaves it out on Windows).
 REQUIRED: Final = ("aiohttp", "msgspec", "httpx", "trustme", "matplotlib")

@@ -28,6 +28,7 @@ TITLES: Final = {
     5: "Memory per order",
     6: "Watchdog: bot death, bot loop lag, registry latency",
     7: "PostgreSQL: add() latency, lease renewals, machine death to last cancel",
+    8: "Hedging when one round decides: 200 orders at C=256, log-normal 50 ms",
 }
 
 
