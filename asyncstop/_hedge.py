@@ -218,6 +218,9 @@ class Hedger:
             return self.fixed_delay
         if self._since_estimate is None:
             self._update_estimate()
+        return self._auto_delay()
+
+    def _auto_delay(self) -> float | None:
         estimate = self._estimate
         if estimate is None:
             return None
@@ -227,13 +230,14 @@ class Hedger:
 
     def _update_estimate(self) -> None:
         now = time.monotonic()
-        old = self._estimate
-        new = self._estimate = estimate_delay(
+        old = self._auto_delay()
+        self._estimate = estimate_delay(
             self._window, [now - sent_at for sent_at in self._in_flight.values()]
         )
         self._since_estimate = 0
-        if new is not None and (old is None or new.delay < _WAKE_ON_SHRINK * old.delay):
-            self._pulse()  # the requests waiting for a delay, or for a longer one
+        new = self._auto_delay()
+        if new is not None and (old is None or new < _WAKE_ON_SHRINK * old):
+            self._pulse()  # wake the requests waiting without a delay, or on a longer one
 
     def _answered(self) -> None:
         """A first request ended: re-estimate now and then, and as soon as it may become known."""

@@ -205,8 +205,7 @@ def run(settings: Settings) -> list[Figure]:
             ONE_ROUND_ORDERS,
             ONE_ROUND_CONCURRENCY,
         )
-        orders = TAIL_ORDERS // 4 if settings.quick else TAIL_ORDERS
-        rounds = _Case(f"long-tail N={orders} C=64", tail_server, orders, TAIL_CONCURRENCY)
+        rounds = _Case("long-tail N=1000 C=64", tail_server, TAIL_ORDERS, TAIL_CONCURRENCY)
         flat = _Case(
             "one round fixed 50 ms N=200 C=256",
             fixed_server,
