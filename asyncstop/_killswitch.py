@@ -250,13 +250,9 @@ class KillSwitch:
         self._tripped.set()
         return self._run
 
-    async def _cancel_all(self, include_protective: bool) -> CancelReport:
-        orders = await self._orders(include_protective)
-        # Read once with the orders: the protective stops' results are marked.
-        protective = self._protective
-
-        logger.warning("kill switch fired: cancelling every stop order")
-        report = await self.client.cancel_stop_orders(
+    async def _cancel(self, orders: Iterable[OrderItem] | AsyncIterable[OrderItem]) -> CancelReport:
+        """Cancel ``orders`` with the switch's deadline, concurrency, pacing and hedging."""
+        return await self.client.cancel_stop_orders(
             _stream(orders),
             deadline=self.deadline,
             concurrency=self.concurrency,
@@ -264,6 +260,14 @@ class KillSwitch:
             on_result=self._result_in,
             hedge=self.hedge,
         )
+
+    async def _cancel_all(self, include_protective: bool) -> CancelReport:
+        orders = await self._orders(include_protective)
+        # Read once with the orders: the protective stops' results are marked.
+        protective = self._protective
+
+        logger.warning("kill switch fired: cancelling every stop order")
+        report = await self._cancel(orders)
         if protective:
             report.results[:] = mark_protective(report.results, protective)
         self._forget(report)
@@ -393,14 +397,7 @@ class KillSwitch:
                 "kill switch tripped: cancelling %d stop order(s) added after it fired", len(batch)
             )
             try:
-                report = await self.client.cancel_stop_orders(
-                    _stream(batch),
-                    deadline=self.deadline,
-                    concurrency=self.concurrency,
-                    rate_limit=self.rate_limit,
-                    on_result=self._result_in,
-                    hedge=self.hedge,
-                )
+                report = await self._cancel(batch)
             except Exception as err:
                 logger.error(
                     "cancelling stop orders added after the kill switch fired failed: %s: %s",
