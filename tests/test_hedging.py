@@ -203,3 +203,26 @@ async def test_each_hedge_is_logged_with_its_delay_and_estimate(
     found = re.search(r"estimated from (\d+) replies", line)
     assert found is not None, line
     assert int(found.group(1)) > 40
+
+
+async def test_single_cancels_teach_auto_the_exchange(caplog: pytest.LogCaptureFixture) -> None:
+    """A bot's routine single cancels count: the first hedge goes by their reply times too."""
+    async with (
+        FakeExchange(tokens={TOKEN}, seed=10, faults=Faults(latency=0.005)) as exchange,
+        asyncstop.AsyncStopClient(
+            base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, timeout=5.0
+        ) as client,
+    ):
+        for order_id in exchange.add_stop_orders(30, account_id=ACCOUNT):
+            await client.cancel_stop_order(order_id)
+        ids = exchange.add_stop_orders(20, account_id=ACCOUNT)
+        exchange.inject_for(ids[3], Fault.hang())
+        with caplog.at_level(logging.DEBUG, logger="asyncstop"):
+            report = await client.cancel_stop_orders(ids, hedge="auto", deadline=10.0)
+    assert report.ok
+    assert report.hedges_won >= 1
+    hedges = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hedging")]
+    line = next(text for text in hedges if ids[3] in text)
+    found = re.search(r"estimated from (\d+) replies", line)
+    assert found is not None, line
+    assert int(found.group(1)) > 20  # more than this call's 20 orders could give
