@@ -239,6 +239,26 @@ def read_report(path: Path) -> list[dict[str, Any]]:
 
 # -- a bot process with a watchdog (the watchdog tests) -----------------------------------------
 
+#: The watchdog tests' heartbeat: short, so that the tests are quick; the timeout
+#: 10x the interval, so that a loaded machine does not miss a heartbeat by accident.
+HEARTBEAT_INTERVAL = 0.1
+HEARTBEAT_TIMEOUT = 1.0
+
+
+def watchdog_settings(exchange: FakeExchange, **overrides: Any) -> dict[str, Any]:
+    """A Watchdog's keyword arguments against ``exchange``, with the short heartbeat."""
+    settings: dict[str, Any] = {
+        "base_url": exchange.base_url,
+        "token": TOKEN,
+        "account_id": ACCOUNT,
+        "heartbeat_interval": HEARTBEAT_INTERVAL,
+        "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+        "deadline": 10.0,
+    }
+    settings.update(overrides)
+    return settings
+
+
 #: A bot: reads its settings line, arms a Watchdog with ``settings["watchdog"]``,
 #: registers ``settings["add"]`` ([order_id, protective] pairs), prints a ready line
 #: (or the WatchdogError that refused it) and waits to be killed.

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,14 +25,19 @@ import asyncstop
 from asyncstop import StopOrderRegistry, Watchdog, WatchdogError
 from asyncstop.testing import FakeExchange, Faults, wait_until
 
-from .helpers import ACCOUNT, TOKEN, process_exited, read_report
+from .helpers import (
+    ACCOUNT,
+    TOKEN,
+    process_exited,
+    read_report,
+    start_watchdog_bot,
+    stop_watchdog_bot,
+    watchdog_settings,
+)
+from .helpers import HEARTBEAT_INTERVAL as INTERVAL
+from .helpers import HEARTBEAT_TIMEOUT as TIMEOUT
 
 _log = logging.getLogger(__name__)
-
-#: Short, so that the tests are quick; 10x the interval, so that a loaded
-#: machine does not miss a heartbeat by accident.
-INTERVAL = 0.1
-TIMEOUT = 1.0
 
 
 @pytest.fixture
@@ -44,16 +48,7 @@ def registry(tmp_path: Path) -> Iterator[StopOrderRegistry]:
 
 
 def _watchdog(exchange: FakeExchange, registry: StopOrderRegistry, **overrides: Any) -> Watchdog:
-    settings: dict[str, Any] = {
-        "base_url": exchange.base_url,
-        "token": TOKEN,
-        "account_id": ACCOUNT,
-        "heartbeat_interval": INTERVAL,
-        "heartbeat_timeout": TIMEOUT,
-        "deadline": 10.0,
-    }
-    settings.update(overrides)
-    return Watchdog(registry, **settings)
+    return Watchdog(registry, **watchdog_settings(exchange, **overrides))
 
 
 def _proc_file(pid: int, name: str) -> bytes:
@@ -71,25 +66,6 @@ def _summary(report_path: Path) -> dict[str, Any]:
 
 # -- a bot in its own process ------------------------------------------------------------------
 
-_BOT = """
-import asyncio, json, sys
-import asyncstop
-
-async def main():
-    cfg = json.loads(sys.stdin.readline())
-    registry = asyncstop.StopOrderRegistry.open(cfg["registry"])
-    for order_id in cfg["ids"]:
-        registry.add(order_id)
-    async with asyncstop.Watchdog(
-        registry, base_url=cfg["base_url"], token=cfg["token"], account_id="acc-1",
-        heartbeat_interval=cfg["interval"], heartbeat_timeout=cfg["timeout"], deadline=10.0,
-    ) as watchdog:
-        print(json.dumps({"watchdog": watchdog.pid}), flush=True)
-        await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
-
 
 @pytest.fixture
 async def bot_process(
@@ -97,38 +73,16 @@ async def bot_process(
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, list[str]]]:
     """A bot process with 200 registered stops and its armed watchdog: (bot, watchdog pid, ids)."""
     ids = exchange.add_stop_orders(200, account_id=ACCOUNT)
-    bot = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _BOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
+    bot = await start_watchdog_bot(
+        tmp_path / "stops.db", watchdog_settings(exchange), [(i, False) for i in ids]
     )
-    assert bot.stdin is not None
-    assert bot.stdout is not None
-    config = {
-        "registry": str(tmp_path / "stops.db"),
-        "ids": ids,
-        "base_url": exchange.base_url,
-        "token": TOKEN,
-        "interval": INTERVAL,
-        "timeout": TIMEOUT,
-    }
-    bot.stdin.write(json.dumps(config).encode() + b"\n")
-    watchdog_pid = 0
     try:
-        async with asyncio.timeout(30):
-            await bot.stdin.drain()
-            watchdog_pid = json.loads(await bot.stdout.readline())["watchdog"]
-        yield bot, watchdog_pid, ids
+        assert bot.watchdog_pid, bot.ready
+        yield bot.process, bot.watchdog_pid, ids
     finally:
-        if bot.returncode is None:
-            bot.send_signal(signal.SIGCONT)
-            bot.kill()
-        await bot.wait()
-        if watchdog_pid:
-            async with asyncio.timeout(30):
-                await process_exited(watchdog_pid)
+        if bot.process.returncode is None:
+            bot.process.send_signal(signal.SIGCONT)  # a SIGSTOPped bot dies at once
+        await stop_watchdog_bot(bot)
 
 
 async def test_sigkill_of_the_bot_cancels_every_registered_stop(

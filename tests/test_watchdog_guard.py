@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -38,11 +37,17 @@ from .helpers import (
     read_report,
     start_watchdog_bot,
     stop_watchdog_bot,
+    watchdog_settings,
 )
 
-INTERVAL = 0.1
-TIMEOUT = 1.0
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _stall_until_fenced(registry: StopOrderRegistry) -> None:
+    """Block the event loop (a long synchronous call) until the watchdog has fenced the file."""
+    stalled = time.monotonic()
+    while fence_reason(registry) is None and time.monotonic() - stalled < 30:
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -50,19 +55,6 @@ def registry(tmp_path: Path) -> Iterator[StopOrderRegistry]:
     """An empty durable registry in a temporary directory."""
     with StopOrderRegistry.open(tmp_path / "stops.db") as opened:
         yield opened
-
-
-def _settings(exchange: FakeExchange, **overrides: Any) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "base_url": exchange.base_url,
-        "token": TOKEN,
-        "account_id": ACCOUNT,
-        "heartbeat_interval": INTERVAL,
-        "heartbeat_timeout": TIMEOUT,
-        "deadline": 10.0,
-    }
-    settings.update(overrides)
-    return settings
 
 
 # -- protective stops ---------------------------------------------------------------------------
@@ -76,7 +68,7 @@ async def test_protective_stops_stay_live_on_the_bots_death(
     protective = set(ids[:3])
     registry = tmp_path / "stops.db"
     bot = await start_watchdog_bot(
-        registry, _settings(exchange), [(i, i in protective) for i in ids]
+        registry, watchdog_settings(exchange), [(i, i in protective) for i in ids]
     )
     try:
         bot.process.kill()
@@ -102,7 +94,7 @@ async def test_cancel_protective_on_death_cancels_them_too(
     ids = exchange.add_stop_orders(6, account_id=ACCOUNT)
     bot = await start_watchdog_bot(
         tmp_path / "stops.db",
-        _settings(exchange, cancel_protective_on_death=True),
+        watchdog_settings(exchange, cancel_protective_on_death=True),
         [(i, True) for i in ids],
     )
     try:
@@ -121,7 +113,7 @@ async def test_fire_cancels_protective_stops_unless_told_not_to(
     ids = exchange.add_stop_orders(6, account_id=ACCOUNT)
     for index, order_id in enumerate(ids):
         registry.add(order_id, protective=index % 2 == 0)
-    async with Watchdog(registry, **_settings(exchange)) as watchdog:
+    async with Watchdog(registry, **watchdog_settings(exchange)) as watchdog:
         kept = await watchdog.fire(include_protective=False)
         assert {r.order_id for r in kept.results} == set(ids[1::2])
         assert exchange.open_stop_orders() == set(ids[::2])
@@ -211,10 +203,10 @@ async def test_a_second_watchdog_on_the_same_registry_file_is_refused(
     """A second is refused, naming the live watchdog's and its bot's pids; a killed one frees it."""
     path = tmp_path / "stops.db"
     with StopOrderRegistry.open(path) as first_handle, StopOrderRegistry.open(path) as second:
-        first = Watchdog(first_handle, **_settings(exchange))
+        first = Watchdog(first_handle, **watchdog_settings(exchange))
         async with first:
             with pytest.raises(WatchdogError) as refused:
-                async with Watchdog(second, **_settings(exchange)):
+                async with Watchdog(second, **watchdog_settings(exchange)):
                     pytest.fail("the block must not run")
             message = str(refused.value)
             assert f"watchdog pid {first.pid}" in message
@@ -224,7 +216,7 @@ async def test_a_second_watchdog_on_the_same_registry_file_is_refused(
             assert first_pid is not None
             os.kill(first_pid, signal.SIGKILL)  # the kernel releases its lock
             await wait_until(lambda: not first.alive, timeout=WAIT_LIMIT)
-            async with Watchdog(second, **_settings(exchange)) as third:
+            async with Watchdog(second, **watchdog_settings(exchange)) as third:
                 assert third.alive
 
 
@@ -237,13 +229,10 @@ async def test_a_frozen_then_resumed_bot_is_told_and_its_adds_refused_until_rest
     """A blocking stall past heartbeat_timeout fires it: fired, add() refused; restart() re-arms."""
     ids = exchange.add_stop_orders(10, account_id=ACCOUNT)
     later = exchange.add_stop_orders(1, account_id=ACCOUNT)[0]
-    async with Watchdog(registry, **_settings(exchange)) as watchdog:
+    async with Watchdog(registry, **watchdog_settings(exchange)) as watchdog:
         for order_id in ids:
             registry.add(order_id)
-        # The loop blocks (a long synchronous call) until the watchdog has fenced the file.
-        stalled = time.monotonic()
-        while fence_reason(registry) is None and time.monotonic() - stalled < 30:
-            time.sleep(0.05)  # noqa: ASYNC251 - the stall under test
+        _stall_until_fenced(registry)
         with pytest.raises(WatchdogError, match="restart"):
             registry.add(later)
         fired = await asyncio.wait_for(watchdog.wait_fired(), WAIT_LIMIT)
@@ -291,7 +280,7 @@ async def test_a_bot_that_is_pid_1_of_its_namespace_is_refused(
     unshare = shutil.which("unshare")
     assert unshare is not None
     bot = await start_watchdog_bot(
-        tmp_path / "stops.db", _settings(exchange), argv_prefix=(unshare, "--pid", "--fork")
+        tmp_path / "stops.db", watchdog_settings(exchange), argv_prefix=(unshare, "--pid", "--fork")
     )
     try:
         error = bot.ready.get("error", "")
@@ -341,7 +330,7 @@ async def test_restart_takes_over_from_a_watchdog_still_firing_in_an_outage(
 ) -> None:
     """After a stall in an outage, restart() stops the firing one and arms a new one that works."""
     ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
-    async with Watchdog(registry, **_settings(exchange)) as watchdog:
+    async with Watchdog(registry, **watchdog_settings(exchange)) as watchdog:
         for order_id in ids:
             registry.add(order_id)
         exchange.faults = Faults(error_before=1.0)
@@ -371,12 +360,10 @@ async def test_a_bot_that_leaves_after_its_watchdog_fired_leaves_it_firing(
     ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
     exchange.faults = Faults(error_before=1.0)
     try:
-        async with Watchdog(registry, **_settings(exchange)) as watchdog:
+        async with Watchdog(registry, **watchdog_settings(exchange)) as watchdog:
             for order_id in ids:
                 registry.add(order_id)
-            stalled = time.monotonic()
-            while fence_reason(registry) is None and time.monotonic() - stalled < 30:
-                time.sleep(0.05)  # noqa: ASYNC251 - the stall under test
+            _stall_until_fenced(registry)
             await asyncio.wait_for(watchdog.wait_fired(), WAIT_LIMIT)
             pid = watchdog.pid
             assert pid is not None

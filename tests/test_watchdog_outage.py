@@ -31,6 +31,7 @@ from .helpers import (
     read_report,
     start_watchdog_bot,
     stop_watchdog_bot,
+    watchdog_settings,
 )
 
 _log = logging.getLogger(__name__)
@@ -40,16 +41,7 @@ OUTAGE = Faults(error_before=1.0)
 
 
 def _settings(exchange: FakeExchange, **overrides: Any) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "base_url": exchange.base_url,
-        "token": TOKEN,
-        "account_id": ACCOUNT,
-        "heartbeat_interval": 0.1,
-        "heartbeat_timeout": 1.0,
-        "deadline": 5.0,
-    }
-    settings.update(overrides)
-    return settings
+    return watchdog_settings(exchange, **{"deadline": 5.0, **overrides})
 
 
 def _alive(pid: int) -> bool:
