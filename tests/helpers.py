@@ -316,17 +316,25 @@ async def start_watchdog_bot(
     argv_prefix: tuple[str, ...] = (),
 ) -> WatchdogBot:
     """Start :data:`WATCHDOG_BOT` and return once it printed its ready (or error) line."""
+    settings = {"registry": str(registry), "watchdog": watchdog, "add": list(add)}
+    return await start_bot(WATCHDOG_BOT, settings, argv_prefix=argv_prefix)
+
+
+async def start_bot(
+    script: str, settings: dict[str, Any], *, argv_prefix: tuple[str, ...] = ()
+) -> WatchdogBot:
+    """Run the Python ``script`` with ``settings`` as its first stdin line; return at its first
+    stdout line (its ready or error line; ``{"error": "no ready line"}`` if it printed none)."""
     bot = await asyncio.create_subprocess_exec(
         *argv_prefix,
         sys.executable,
         "-c",
-        WATCHDOG_BOT,
+        script,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
     assert bot.stdin is not None
     assert bot.stdout is not None
-    settings = {"registry": str(registry), "watchdog": watchdog, "add": list(add)}
     bot.stdin.write(json.dumps(settings).encode() + b"\n")
     try:
         async with asyncio.timeout(45):
@@ -337,6 +345,13 @@ async def start_watchdog_bot(
         await bot.wait()
         raise
     return WatchdogBot(bot, json.loads(line) if line else {"error": "no ready line"})
+
+
+async def kill_bot(bot: WatchdogBot) -> None:
+    """SIGKILL the bot (its death) and return once its watchdog has ended (60 s at most)."""
+    bot.process.kill()
+    async with asyncio.timeout(60):
+        await process_exited(bot.watchdog_pid)
 
 
 async def stop_watchdog_bot(bot: WatchdogBot) -> None:

@@ -33,6 +33,7 @@ from .helpers import (
     TOKEN,
     WAIT_LIMIT,
     ClientFactory,
+    kill_bot,
     process_exited,
     read_report,
     start_watchdog_bot,
@@ -71,9 +72,7 @@ async def test_protective_stops_stay_live_on_the_bots_death(
         registry, watchdog_settings(exchange), [(i, i in protective) for i in ids]
     )
     try:
-        bot.process.kill()
-        async with asyncio.timeout(60):
-            await process_exited(bot.watchdog_pid)
+        await kill_bot(bot)
     finally:
         await stop_watchdog_bot(bot)
     assert exchange.open_stop_orders() == protective
@@ -98,9 +97,7 @@ async def test_cancel_protective_on_death_cancels_them_too(
         [(i, True) for i in ids],
     )
     try:
-        bot.process.kill()
-        async with asyncio.timeout(60):
-            await process_exited(bot.watchdog_pid)
+        await kill_bot(bot)
     finally:
         await stop_watchdog_bot(bot)
     assert not exchange.open_stop_orders()

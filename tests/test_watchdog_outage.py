@@ -27,6 +27,7 @@ from .helpers import (
     ACCOUNT,
     TOKEN,
     WAIT_LIMIT,
+    kill_bot,
     process_exited,
     read_report,
     start_watchdog_bot,
@@ -109,9 +110,7 @@ async def test_give_up_after_keeps_the_orders_for_the_next_bot_whose_death_cance
     )
     try:
         exchange.faults = OUTAGE
-        first.process.kill()
-        async with asyncio.timeout(60):
-            await process_exited(first.watchdog_pid)
+        await kill_bot(first)
     finally:
         exchange.faults = Faults()
         await stop_watchdog_bot(first)
@@ -125,9 +124,7 @@ async def test_give_up_after_keeps_the_orders_for_the_next_bot_whose_death_cance
     second = await start_watchdog_bot(registry, _settings(exchange))
     try:
         assert sorted(order for _, order in second.ready["leftovers"]) == sorted(ids)
-        second.process.kill()
-        async with asyncio.timeout(60):
-            await process_exited(second.watchdog_pid)
+        await kill_bot(second)
     finally:
         await stop_watchdog_bot(second)
     assert not exchange.open_stop_orders()
@@ -156,9 +153,7 @@ async def test_a_token_revoked_at_the_bots_death_is_renewed_by_token_command(
         exchange.tokens.clear()  # the bot's token is revoked as it dies
         exchange.tokens.add(fresh)
         token_file.write_text(fresh + "\n")
-        bot.process.kill()
-        async with asyncio.timeout(60):
-            await process_exited(bot.watchdog_pid)
+        await kill_bot(bot)
     finally:
         await stop_watchdog_bot(bot)
     assert not exchange.open_stop_orders()
