@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
-from .._errors import InvalidInputError
+from .._errors import InvalidInputError, WatchdogError
 from .._validation import check_account_id, check_order_id
 from ._db import DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, Database, ensure_schema
 from ._lease import DEFAULT_LEASE_TTL, Lease
@@ -14,7 +14,7 @@ from ._lease import DEFAULT_LEASE_TTL, Lease
 if TYPE_CHECKING:
     from .._report import OrderItem
 
-__all__ = ["PostgresRegistry"]
+__all__ = ["PostgresRegistry", "fence", "registry_dsn", "unfence"]
 
 _MAX_OWNER_LENGTH: Final = 200
 
@@ -89,6 +89,8 @@ class PostgresRegistry:
         self._dsn = dsn
         self._db = database
         self._lease: Lease | None = None
+        #: Why add() is refused: the local Watchdog fired by itself (until its restart()).
+        self._fence: str | None = None
 
     @classmethod
     async def connect(
@@ -150,9 +152,13 @@ class PostgresRegistry:
         ``protective`` marks a stop that protects an open position: an off-host
         service leaves it live unless told ``--cancel-protective``. Returns once
         committed. Raises :class:`~asyncstop.InvalidInputError` for an id that
-        could never be cancelled, and :class:`~asyncstop.LeaseLostError` while
-        this registry's lease is lost.
+        could never be cancelled, :class:`~asyncstop.LeaseLostError` while
+        this registry's lease is lost, and :class:`~asyncstop.WatchdogError`
+        once its local :class:`~asyncstop.Watchdog` fired by itself, until
+        ``await watchdog.restart()``.
         """
+        if self._fence is not None:
+            raise WatchdogError(self._fence)
         check_order_id(order_id)
         if account_id is not None:
             check_account_id(account_id)
@@ -221,6 +227,24 @@ class PostgresRegistry:
     def __repr__(self) -> str:
         state = " closed" if self._db.closed else ""
         return f"<PostgresRegistry owner={self.owner!r}{state}>"
+
+
+# -- for the local watchdog (asyncstop._watchdog) -----------------------------------------------
+
+
+def registry_dsn(registry: PostgresRegistry) -> str:
+    """The DSN, for the watchdog's private pipe only (never logged)."""
+    return registry._dsn
+
+
+def fence(registry: PostgresRegistry, reason: str) -> None:
+    """Refuse ``add()`` in this process: its watchdog fired by itself (``reason`` says so)."""
+    registry._fence = reason
+
+
+def unfence(registry: PostgresRegistry) -> None:
+    """Accept ``add()`` again: a new watchdog protects the owner's stops."""
+    registry._fence = None
 
 
 def _item(account_id: str, order_id: str) -> OrderItem:

@@ -4,7 +4,9 @@
 process, ``_process`` the watchdog process (``python -m asyncstop._watchdog``),
 ``_protocol`` the pipe between them, ``_settings`` the settings defined once,
 ``_firing`` the persistent firing (shared with the off-host service),
-``_lock`` one watchdog per registry file, ``_reportfile`` the report file.
+``_source`` the registry as the bot passes it (a file, or a PostgreSQL owner),
+``_guarded`` the same in the process (its lock, its fence, its firing store),
+``_lock`` one watchdog per registry file or owner, ``_reportfile`` the report file.
 """
 
 from .._errors import WatchdogError

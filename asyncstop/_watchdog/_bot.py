@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal, Self
 
@@ -17,9 +16,8 @@ import msgspec
 
 from .._auth import command_token_provider
 from .._constants import DEFAULT_KILL_SWITCH_HEDGE, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT
-from .._errors import AsyncStopError, InvalidInputError, WatchdogError
+from .._errors import AsyncStopError, WatchdogError
 from .._logging import logger
-from .._registry import StopOrderRegistry
 from .._report import CancelReport
 from .._validation import check_account_id, check_base_url
 from ._protocol import (
@@ -49,11 +47,14 @@ from ._settings import (
     DEFAULT_TOKEN_COMMAND_TIMEOUT,
     WatchdogSettings,
 )
+from ._source import describe, fence_bot_side, leftovers, unfence_bot_side
 from ._spawn import Child, child_env, end, kill
 from ._tokens import BotTokens
 
 if TYPE_CHECKING:
     from .._auth import TokenProvider
+    from .._postgres import PostgresRegistry
+    from .._registry import StopOrderRegistry
     from .._report import CancelResult
 
 __all__ = ["Watchdog", "WatchdogError", "WatchdogFired"]
@@ -103,6 +104,15 @@ class Watchdog:
     passed preflight and warmed its connections. The token goes over a private
     pipe, never on a command line or in an environment.
 
+    **A PostgresRegistry** (``await PostgresRegistry.connect(dsn, owner=...)``)
+    is guarded the same way: its DSN goes over the same pipe, the watchdog
+    opens connections of its own and holds an advisory lock there (one
+    watchdog per owner of a database), and its report goes to its log only
+    (:attr:`report_path` is None). Its fence raises the owner's epoch: a
+    lease the bot holds is refused by the database (``add()`` raises
+    :class:`LeaseLostError`; take a new lease after :meth:`restart`); without
+    a lease, ``add()`` raises :class:`WatchdogError` once the bot read the fire.
+
     **Firing by itself.** When the bot dies (its pipe closes without a clean
     exit: at once) or sends no heartbeat for ``heartbeat_timeout`` seconds
     (its loop froze, its process stopped), the watchdog fences the registry
@@ -135,7 +145,7 @@ class Watchdog:
 
     def __init__(
         self,
-        registry: StopOrderRegistry,
+        registry: StopOrderRegistry | PostgresRegistry,
         *,
         base_url: str,
         token: str | TokenProvider,
@@ -157,12 +167,7 @@ class Watchdog:
         token_command: Sequence[str] | None = None,
         token_command_timeout: float = DEFAULT_TOKEN_COMMAND_TIMEOUT,
     ) -> None:
-        path = registry.path
-        if path is None:
-            raise InvalidInputError(
-                "the watchdog reads the registry from its own process: "
-                "use a durable one, StopOrderRegistry.open(path)"
-            )
+        self._source, self._name, report_path = describe(registry)
         self.registry: Final = registry
         self.base_url: Final = check_base_url(base_url)
         self.account_id: Final = None if account_id is None else check_account_id(account_id)
@@ -189,12 +194,12 @@ class Watchdog:
             token_command_timeout=token_command_timeout,
         )
         self._tokens = BotTokens(token, self.settings)
-        #: Where a watchdog that fired on its own appends its report (JSON lines).
-        self.report_path: Final = Path(f"{path}.watchdog.jsonl")
+        #: Where a watchdog that fired on its own appends its report (JSON lines);
+        #: None for a PostgresRegistry (its log only).
+        self.report_path: Final = report_path
         #: The registry's orders when this watchdog first started, as (account_id, order_id):
         #: what a previous session left. It protects them like the rest.
         self.leftovers: tuple[tuple[str | None, str], ...] = ()
-        self._registry_path = path
         self._child: Child | None = None
         self._started_once = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -245,7 +250,7 @@ class Watchdog:
     def __repr__(self) -> str:
         return (
             f"<Watchdog pid={self.pid} alive={self._alive} fired={self._fired is not None} "
-            f"registry={str(self._registry_path)!r}>"
+            f"registry={self._name!r}>"
         )
 
     async def __aenter__(self) -> Self:
@@ -295,7 +300,7 @@ class Watchdog:
         self._closing = False
         token = await self._tokens.first()
         if not self._started_once:
-            self._note_leftovers()
+            self.leftovers = await leftovers(self.registry, self.account_id, self._name)
         child = await Child.start(
             [sys.executable, "-m", "asyncstop._watchdog"], env=child_env(token), limit=LINE_LIMIT
         )
@@ -317,6 +322,7 @@ class Watchdog:
         self._fired = None
         self._fired_event.clear()
         self._tokens.armed_with(token)
+        unfence_bot_side(self.registry)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._beat(child), name="asyncstop-watchdog-heartbeat"),
@@ -328,7 +334,7 @@ class Watchdog:
                 lambda fresh: self._send_token(child, fresh), lambda: self._fired is not None
             )
             self._tasks.append(loop.create_task(refresh, name="asyncstop-watchdog-token"))
-        logger.info("watchdog %d armed for %s", ready.pid, self._registry_path)
+        logger.info("watchdog %d armed for %s", ready.pid, self._name)
 
     async def restart(self) -> None:
         """Arm a new watchdog after the last one died or fired (no-op while one is armed).
@@ -384,7 +390,7 @@ class Watchdog:
                     "the watchdog (pid %d) fired and goes on cancelling after the bot leaves; "
                     "its report: %s",
                     child.pid,
-                    self.report_path,
+                    self.report_path or "its log",
                 )
                 child.close_pipes()
             else:
@@ -426,24 +432,10 @@ class Watchdog:
             pass
         await end(child)
 
-    def _note_leftovers(self) -> None:
-        stops = self.registry.stops()
-        self.leftovers = tuple(
-            (account_id or self.account_id, order) for account_id, order, _ in stops
-        )
-        if stops:
-            logger.warning(
-                "the registry %s already holds %d stop order(s) from an earlier session "
-                "(its watchdog gave up or never ran): this watchdog protects them too; "
-                "see watchdog.leftovers",
-                self._registry_path,
-                len(stops),
-            )
-
     async def _handshake(self, child: Child, token: str) -> Ready:
         config = Config(
-            registry=str(self._registry_path),
-            report_path=str(self.report_path),
+            registry=self._source,
+            report_path=None if self.report_path is None else str(self.report_path),
             base_url=self.base_url,
             token=token,
             account_id=self.account_id,
@@ -527,6 +519,12 @@ class Watchdog:
             reason=message.reason, at=dt.datetime.fromisoformat(message.at), pid=message.pid
         )
         self._alive = False
+        fence_bot_side(
+            self.registry,
+            f"the watchdog (pid {message.pid}) fired by itself at {message.at} "
+            f"({message.reason}) and is cancelling the registry's stops; "
+            "`await watchdog.restart()` arms a new watchdog",
+        )
         for future, _ in self._fires.values():
             if not future.done():
                 future.set_exception(
@@ -549,7 +547,7 @@ class Watchdog:
         if self._fired is None:
             self._lost(
                 f"it exited with status {status} (if it fired on its own, its report is "
-                f"appended to {self.report_path})"
+                f"in {self.report_path or 'its log'})"
             )
 
     async def _send_token(self, child: Child, token: str) -> bool:

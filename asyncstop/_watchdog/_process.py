@@ -1,9 +1,10 @@
 """The watchdog process: ``python -m asyncstop._watchdog``, started by :class:`Watchdog`.
 
-It reads its configuration and the token from stdin (never from its command
-line or environment), takes the registry's lock (one watchdog per registry
-file), opens its own client, passes preflight, warms its connections and says
-``Ready``. Then it watches the pipe:
+It reads its configuration and the token (and a PostgreSQL registry's DSN)
+from stdin (never from its command line or environment), takes the registry's
+lock (one watchdog per registry file, or per owner in PostgreSQL: see
+:mod:`._guarded`), opens its own client, passes preflight, warms its
+connections and says ``Ready``. Then it watches the pipe:
 
 * end of file without a ``Disarm`` first: the bot died, whatever killed it
   (the kernel closes a dead process's pipes): fire at once;
@@ -24,7 +25,8 @@ live, 1 otherwise (they stay in the registry). A ``TakeOver`` from the bot
 
 SIGINT, SIGTERM and SIGHUP are logged and otherwise ignored: a service
 manager that stops the bot signals the watchdog too, and it must outlive the
-bot. Its report goes to ``<registry>.watchdog.jsonl`` (:mod:`._reportfile`).
+bot. Its report goes to ``<registry>.watchdog.jsonl`` (:mod:`._reportfile`), or
+only to its log for a PostgreSQL registry.
 
 Logging: this process outlives the bot and the bot's logging configuration,
 so it always writes its WARNING and ERROR records (firing, each round, the
@@ -40,18 +42,17 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
 import time
 from typing import TYPE_CHECKING, Final
 
 import msgspec
 
 from .._auth import command_token_provider, fetch_token
-from .._errors import TokenProviderError
+from .._errors import TokenProviderError, WatchdogError
 from .._logging import install_stderr_handler, logger, setup_logging_from_env
 from .._signals import StopSignals
-from ._firing import FiringOutcome, FiringRound, RegistryStore, fire_until_settled
-from ._lock import RegistryLock
+from ._firing import FiringOutcome, FiringRound, fire_until_settled
+from ._guarded import Guarded, open_guarded
 from ._protocol import (
     CHUNK,
     LINE_LIMIT,
@@ -78,7 +79,6 @@ from ._reportfile import ReportFile, counts_record, now_iso, pairs
 if TYPE_CHECKING:
     from .._client import AsyncStopClient
     from .._killswitch import KillSwitch
-    from .._registry import StopOrderRegistry
 
 __all__ = ["main"]
 
@@ -156,6 +156,7 @@ class _Watch:
         )
         self.disarmed = False
         self.report = ReportFile(config.report_path)
+        self.guarded: Guarded = open_guarded(config.registry)
         #: The bot's clock stamp of the last heartbeat, and our wall clock when it came.
         self.last_heartbeat_sent: float | None = None
         self.last_heartbeat_at: str | None = None
@@ -208,15 +209,12 @@ class _Watch:
         # Imported when the process runs, not when the bot imports asyncstop.
         from .._client import AsyncStopClient  # noqa: PLC0415
         from .._killswitch import KillSwitch  # noqa: PLC0415
-        from .._registry import StopOrderRegistry, unfence  # noqa: PLC0415
 
         config, settings = self.config, self.settings
+        guarded = self.guarded
         async with contextlib.AsyncExitStack() as resources:
             try:
-                lock = RegistryLock.acquire(config.registry, bot_pid=os.getppid())
-                resources.callback(lock.release)
-                registry = resources.enter_context(StopOrderRegistry.open(config.registry))
-                unfence(registry)  # this watchdog protects the registry's stops again
+                await guarded.open(resources, bot_pid=os.getppid())
                 client = await resources.enter_async_context(
                     AsyncStopClient(
                         base_url=config.base_url,
@@ -228,7 +226,7 @@ class _Watch:
                 )
                 switch = KillSwitch(
                     client,
-                    registry,
+                    guarded.registry,
                     deadline=settings.deadline,
                     concurrency=settings.concurrency,
                     rate_limit=settings.rate_limit,
@@ -239,8 +237,9 @@ class _Watch:
                 if settings.warm_up:
                     await client.warm_up()
             except Exception as err:
-                kind = type(err).__name__
-                logger.error("watchdog could not start: %s: %s", kind, err)
+                # A refusal of ours keeps its kind (RegistryLocked) for the bot's error.
+                kind = (err.kind if isinstance(err, WatchdogError) else None) or type(err).__name__
+                logger.error("watchdog could not start: %s: %s", type(err).__name__, err)
                 await self.pipe.send(StartFailed(kind=kind, message=str(err)))
                 return EXIT_START_FAILED
             await self.pipe.send(Ready(pid=os.getpid()))
@@ -248,14 +247,12 @@ class _Watch:
                 "watchdog %d armed: heartbeat timeout %gs", os.getpid(), settings.heartbeat_timeout
             )
             async with asyncio.TaskGroup() as fires:
-                reason = await self.watch(fires, switch, registry)
+                reason = await self.watch(fires, switch)
             if reason is None:
                 return EXIT_CLEAN
-            return await self.fire_by_itself(reason, client, registry)
+            return await self.fire_by_itself(reason, client)
 
-    async def watch(
-        self, fires: asyncio.TaskGroup, switch: KillSwitch, registry: StopOrderRegistry
-    ) -> str | None:
+    async def watch(self, fires: asyncio.TaskGroup, switch: KillSwitch) -> str | None:
         """Read the pipe until the bot disarms (None) or must be fired for (the reason)."""
         next_checkpoint = time.monotonic()
         while True:
@@ -283,7 +280,7 @@ class _Watch:
                 self.last_heartbeat_at = now_iso()
                 if not switch.running and self.last_message_at >= next_checkpoint:
                     next_checkpoint = self.last_message_at + _CHECKPOINT_EVERY
-                    self.checkpoint(registry)
+                    self.guarded.checkpoint()
             elif isinstance(message, Token):
                 self.token = message.token
             elif isinstance(message, Fire):
@@ -291,23 +288,20 @@ class _Watch:
             elif isinstance(message, Disarm):
                 self.disarmed = True
 
-    async def fire_by_itself(
-        self, reason: str, client: AsyncStopClient, registry: StopOrderRegistry
-    ) -> int:
+    async def fire_by_itself(self, reason: str, client: AsyncStopClient) -> int:
         """Fence, tell the bot, and cancel round after round (see the module docstring)."""
-        from .._registry import fence  # noqa: PLC0415
-
-        pid, settings = os.getpid(), self.settings
+        pid, settings, guarded = os.getpid(), self.settings, self.guarded
         at = now_iso()
         why = _WHY[reason]
-        try:
-            fence(registry, f"the watchdog (pid {pid}) fired by itself at {at}: {why}")
-        except sqlite3.Error as err:
-            logger.error("watchdog %d could not fence the registry: %s", pid, err)
+        await guarded.fence(f"the watchdog (pid {pid}) fired by itself at {at}: {why}")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_TELL_LIMIT):
                 await self.pipe.send(Fired(reason=reason, at=at, pid=pid))
-        stops = registry.stops()
+        try:
+            stops = await guarded.stops()
+        except Exception as err:  # a database out of reach: the rounds try again
+            logger.error("watchdog %d could not read %s: %s", pid, guarded.name, err)
+            stops = []
         protective = sum(1 for stop in stops if stop[2])
         keep = protective and not settings.cancel_protective_on_death
         logger.error(
@@ -325,7 +319,7 @@ class _Watch:
             reason=reason,
             pid=pid,
             bot_pid=os.getppid(),
-            registry=self.config.registry,
+            registry=guarded.name,
             orders=len(stops),
             protective_left=protective if keep else 0,
             heartbeat_timeout=settings.heartbeat_timeout,
@@ -336,7 +330,7 @@ class _Watch:
         firing = asyncio.ensure_future(
             fire_until_settled(
                 client,
-                RegistryStore(registry, default_account_id=self.config.account_id),
+                guarded.firing_store(self.config.account_id),
                 give_up_after=settings.give_up_after,
                 round_deadline=settings.deadline,
                 cancel_protective=settings.cancel_protective_on_death,
@@ -359,7 +353,7 @@ class _Watch:
                 firing.cancel()
             await asyncio.gather(firing, taken_over, *helpers, return_exceptions=True)
         if firing.cancelled() or firing.exception() is not None:
-            return self.end_early(registry, firing)
+            return await self.end_early(firing)
         return self.finish(firing.result())
 
     async def listen_after_firing(self) -> None:
@@ -416,11 +410,11 @@ class _Watch:
                 "gave up" if outcome.gave_up else "stopped",
                 outcome.rounds,
                 len(outcome.pending),
-                self.config.registry,
+                self.guarded.name,
             )
         return status
 
-    def end_early(self, registry: StopOrderRegistry, firing: asyncio.Future[FiringOutcome]) -> int:
+    async def end_early(self, firing: asyncio.Future[FiringOutcome]) -> int:
         """Taken over by a new watchdog, or the firing itself failed: say what is left."""
         error = None if firing.cancelled() else firing.exception()
         if error is not None:
@@ -431,10 +425,7 @@ class _Watch:
                 error,
                 exc_info=error,
             )
-        try:
-            left = len(registry)
-        except (sqlite3.Error, RuntimeError):
-            left = -1
+        left = await self.guarded.left()
         self.report.write(
             "taken_over" if error is None else "failed",
             orders_left=left,
@@ -442,13 +433,6 @@ class _Watch:
             exit_status=EXIT_PENDING if left else EXIT_CLEAN,
         )
         return EXIT_PENDING if left else EXIT_CLEAN
-
-    def checkpoint(self, registry: StopOrderRegistry) -> None:
-        """Keep the registry's write-ahead log short, so that the bot's adds need not."""
-        try:
-            registry.checkpoint()
-        except sqlite3.Error as err:  # a busy or locked file: next time
-            logger.debug("watchdog: registry checkpoint skipped: %s", err)
 
     async def fire_for_bot(self, switch: KillSwitch, request: Fire) -> None:
         try:

@@ -1,7 +1,8 @@
 """The private pipe between a bot and its watchdog: one JSON message a line, each way.
 
-Bot -> watchdog (the watchdog's stdin): ``Config`` first (it carries the token,
-which is never on a command line or in an environment), then ``Heartbeat``,
+Bot -> watchdog (the watchdog's stdin): ``Config`` first (it carries the token
+and a PostgreSQL registry's DSN, which are never on a command line or in an
+environment), then ``Heartbeat``,
 ``Token``, ``Fire``, ``Disarm`` and ``TakeOver``. Watchdog -> bot (its
 stdout): ``Ready`` or ``StartFailed``; for each ``Fire`` its results in
 ``Results`` chunks and a closing ``Report`` (or ``FireFailed``); and ``Fired``
@@ -35,6 +36,8 @@ __all__ = [
     "Fired",
     "Heartbeat",
     "Ready",
+    "RegistryFile",
+    "RegistryOwner",
     "Report",
     "Results",
     "StartFailed",
@@ -53,11 +56,28 @@ CHUNK: Final = 50
 LINE_LIMIT: Final = 4 << 20
 
 
+class RegistryFile(msgspec.Struct, tag="file", frozen=True):
+    """A :class:`~asyncstop.StopOrderRegistry` file."""
+
+    path: str
+
+
+class RegistryOwner(msgspec.Struct, tag="postgres", frozen=True):
+    """An owner's stops in a :class:`~asyncstop.PostgresRegistry` (the DSN may hold a password)."""
+
+    dsn: str
+    owner: str
+
+    def __repr__(self) -> str:
+        return f"RegistryOwner(owner={self.owner!r})"
+
+
 class Config(msgspec.Struct, tag="config", kw_only=True):
     """Everything the watchdog needs, sent once as the first line."""
 
-    registry: str
-    report_path: str
+    registry: RegistryFile | RegistryOwner
+    #: None: no report file (a PostgreSQL registry's watchdog logs only).
+    report_path: str | None
     base_url: str
     token: str
     account_id: str | None

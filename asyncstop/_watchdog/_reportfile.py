@@ -59,12 +59,17 @@ class ReportFile:
 
     __slots__ = ("max_bytes", "path")
 
-    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_REPORT_MAX_BYTES):
-        self.path = Path(path)
+    def __init__(
+        self, path: str | os.PathLike[str] | None, *, max_bytes: int = DEFAULT_REPORT_MAX_BYTES
+    ):
+        #: None: no file (a PostgreSQL registry's watchdog reports in its log only).
+        self.path = None if path is None else Path(path)
         self.max_bytes = max_bytes
 
     def write(self, event: str, **fields: Any) -> None:
-        """Append one line ``{"time": now, "event": event, **fields}``."""
+        """Append one line ``{"time": now, "event": event, **fields}`` (no-op without a path)."""
+        if self.path is None:
+            return
         line = json.dumps({"time": now_iso(), "event": event, **fields}) + "\n"
         data = line.encode("utf-8")
         try:

@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_ROUND_DEADLINE",
     "OffHostService",
+    "OwnerStore",
     "default_service_name",
 ]
 
@@ -100,11 +101,12 @@ _HAND_BACK: Final = """
 """
 _PENDING: Final = """
     SELECT account_id, order_id, protective FROM asyncstop_stop_orders
-    WHERE owner = $1 AND epoch <= $2 ORDER BY seq
+    WHERE owner = $1 AND ($2::bigint IS NULL OR epoch <= $2) ORDER BY seq
 """
 _SETTLE: Final = """
     DELETE FROM asyncstop_stop_orders
-    WHERE owner = $1 AND account_id = $2 AND order_id = $3 AND epoch <= $4
+    WHERE owner = $1 AND account_id = $2 AND order_id = $3
+      AND ($4::bigint IS NULL OR epoch <= $4)
 """
 
 
@@ -120,25 +122,31 @@ class _Claim:
     fire_id: int
 
 
-class _OwnerStore:
-    """One claimed owner's stops of its fired epoch and older, as a FiringStore."""
+class OwnerStore:
+    """An owner's stops in PostgreSQL as a FiringStore: those of ``fire_epoch`` and older.
 
-    def __init__(self, db: Database, claim: _Claim, default_account_id: str | None) -> None:
+    ``fire_epoch`` None takes every stop of the owner (the local watchdog's
+    firing). A service's claim bounds it, so that a new lease's stops are not
+    fired at.
+    """
+
+    def __init__(
+        self, db: Database, owner: str, fire_epoch: int | None, default_account_id: str | None
+    ) -> None:
         self._db = db
-        self._claim = claim
+        self._owner = owner
+        self._epoch = fire_epoch
         self._default = default_account_id
 
     async def pending(self) -> Sequence[RegisteredStop]:
-        rows = await self._db.run(
-            lambda conn: conn.fetch(_PENDING, self._claim.owner, self._claim.fire_epoch)
-        )
+        rows = await self._db.run(lambda conn: conn.fetch(_PENDING, self._owner, self._epoch))
         return [
             RegisteredStop(row["account_id"] or None, row["order_id"], row["protective"])
             for row in rows
         ]
 
     async def settle(self, results: Sequence[CancelResult]) -> None:
-        owner, epoch = self._claim.owner, self._claim.fire_epoch
+        owner, epoch = self._owner, self._epoch
         keys = []
         for result in results:
             keys.append((owner, result.account_id, result.order_id, epoch))
@@ -248,7 +256,7 @@ class OffHostService:
         return _Claim(row["owner"], int(fire_epoch), int(fire_id))
 
     async def _fire(self, claim: _Claim) -> None:
-        store = _OwnerStore(self._db, claim, self.client.account_id)
+        store = OwnerStore(self._db, claim.owner, claim.fire_epoch, self.client.account_id)
         last_round: list[FiringRound] = []
         loop = asyncio.get_running_loop()
         renewer = loop.create_task(self._keep_claim(claim))
