@@ -283,6 +283,17 @@ asyncio.run(main())
 """
 
 
+async def read_description(stdout: asyncio.StreamReader) -> dict[str, str]:
+    """The ``key: value`` lines a fake exchange command prints about itself, up to ``orders``."""
+    description: dict[str, str] = {}
+    while "orders" not in description:
+        line = (await stdout.readline()).decode()
+        assert line, "the fake exchange ended before describing itself"
+        key, _, value = line.rstrip("\n").partition(": ")
+        description[key] = value
+    return description
+
+
 async def process_exited(pid: int) -> None:
     """Return once process ``pid`` (not necessarily our child) has ended (Linux: a pidfd)."""
     try:

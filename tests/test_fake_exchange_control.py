@@ -30,6 +30,7 @@ from .helpers import (
     process_exited,
     raw_delete,
     raw_get_accounts,
+    read_description,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -415,14 +416,9 @@ async def start_fake_exchange(
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
-    settings: dict[str, str] = {}
     try:
         async with asyncio.timeout(30):
-            while "orders" not in settings:
-                line = (await process.stdout.readline()).decode()
-                assert line, "the fake exchange ended before describing itself"
-                key, _, value = line.rstrip("\n").partition(": ")
-                settings[key] = value
+            settings = await read_description(process.stdout)
     except BaseException:
         await stop(process)
         raise

@@ -23,6 +23,7 @@ from .helpers import STOP_ORDERS_PATH as PATH
 from .helpers import (
     TOKEN,
     documented_headers,
+    read_description,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -120,13 +121,8 @@ async def test_cli_serves_and_exits_on_sigterm(
     )
     try:
         assert process.stdout is not None
-        header: dict[str, str] = {}
-        async with asyncio.timeout(20):
-            while "orders" not in header:
-                line = (await process.stdout.readline()).decode()
-                assert line, "the fake exchange exited before it was ready"
-                key, _, value = line.rstrip("\n").partition(": ")
-                header[key] = value
+        async with asyncio.timeout(30):
+            header = await read_description(process.stdout)
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", header["base_url"])
         assert header["token"] == TOKEN
         assert header["accounts"] == "acc-1,acc-2"
