@@ -296,6 +296,17 @@ class KillSwitch:
                 for account_id, order_id, protective in stops
                 if include_protective or not protective
             ]
+        entries = getattr(source, "entries", None)
+        if inspect.iscoroutinefunction(entries):  # an async registry (PostgresRegistry)
+            registered: list[tuple[OrderItem, bool]] = await entries()
+            default = self.client.account_id or ""
+            if include_protective:
+                self._protective = frozenset(
+                    (default, item) if isinstance(item, str) else item
+                    for item, protective in registered
+                    if protective
+                )
+            return [item for item, protective in registered if include_protective or not protective]
         if isinstance(source, AsyncIterable | Iterable):
             return source
         produced: object = source()

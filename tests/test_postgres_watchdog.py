@@ -210,3 +210,20 @@ async def test_a_stalled_bot_is_fenced_by_the_epoch_and_told(
         assert watchdog.fired is None
         with pytest.raises(LeaseLostError):  # the lost lease is still refused: take a new one
             await registry.add(later)
+
+
+async def test_fire_cancels_from_the_watchdog_and_the_settled_rows_leave(
+    exchange: FakeExchange, postgres_dsn: str
+) -> None:
+    """watchdog.fire() over a PostgresRegistry: every stop cancelled, reported, and forgotten."""
+    ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    async with (
+        await PostgresRegistry.connect(postgres_dsn, owner="bot-fire") as registry,
+        Watchdog(registry, **watchdog_settings(exchange)) as watchdog,
+    ):
+        for order_id in ids:
+            await registry.add(order_id, protective=order_id == ids[0])
+        report = await watchdog.fire(include_protective=False)
+        assert sorted(r.order_id for r in report.results) == sorted(ids[1:])
+        assert exchange.open_stop_orders() == {ids[0]}
+        assert await registry.snapshot() == [ids[0]]
