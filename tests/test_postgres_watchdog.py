@@ -215,15 +215,21 @@ async def test_a_stalled_bot_is_fenced_by_the_epoch_and_told(
 async def test_fire_cancels_from_the_watchdog_and_the_settled_rows_leave(
     exchange: FakeExchange, postgres_dsn: str
 ) -> None:
-    """watchdog.fire() over a PostgresRegistry: every stop cancelled, reported, and forgotten."""
+    """watchdog.fire() over a PostgresRegistry: leftovers named, stops cancelled and forgotten."""
     ids = exchange.add_stop_orders(5, account_id=ACCOUNT)
+    async with await PostgresRegistry.connect(postgres_dsn, owner="bot-fire") as earlier:
+        await earlier.add(ids[-1])  # left by an earlier session
     async with (
         await PostgresRegistry.connect(postgres_dsn, owner="bot-fire") as registry,
         Watchdog(registry, **watchdog_settings(exchange)) as watchdog,
     ):
-        for order_id in ids:
+        assert watchdog.leftovers == ((ACCOUNT, ids[-1]),)
+        for order_id in ids[:-1]:
             await registry.add(order_id, protective=order_id == ids[0])
         report = await watchdog.fire(include_protective=False)
         assert sorted(r.order_id for r in report.results) == sorted(ids[1:])
         assert exchange.open_stop_orders() == {ids[0]}
         assert await registry.snapshot() == [ids[0]]
+        report = await watchdog.fire()
+        assert [(r.order_id, r.protective) for r in report.results] == [(ids[0], True)]
+        assert not exchange.open_stop_orders()
