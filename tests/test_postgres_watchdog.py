@@ -8,11 +8,9 @@ live stops and the rows left in the database.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,14 @@ from asyncstop import LeaseLostError, PostgresRegistry, Watchdog, WatchdogError
 from asyncstop._postgres._tempserver import TemporaryPostgres
 from asyncstop.testing import FakeExchange, wait_until
 
-from .helpers import ACCOUNT, WAIT_LIMIT, WatchdogBot, process_exited, watchdog_settings
+from .helpers import (
+    ACCOUNT,
+    WAIT_LIMIT,
+    WatchdogBot,
+    kill_bot,
+    start_bot,
+    watchdog_settings,
+)
 
 #: A bot: connects a PostgresRegistry, takes a lease, arms a Watchdog over it,
 #: registers ``add`` ([order_id, protective] pairs), prints a ready line and waits to be killed.
@@ -48,28 +53,10 @@ asyncio.run(main())
 async def _start_bot(
     dsn: str, owner: str, watchdog: dict[str, Any], add: list[tuple[str, bool]]
 ) -> WatchdogBot:
-    bot = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        PG_WATCHDOG_BOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert bot.stdin is not None
-    assert bot.stdout is not None
-    bot.stdin.write(
-        json.dumps({"dsn": dsn, "owner": owner, "watchdog": watchdog, "add": add}).encode() + b"\n"
-    )
-    try:
-        async with asyncio.timeout(45):
-            await bot.stdin.drain()
-            line = await bot.stdout.readline()
-    except BaseException:
-        bot.kill()
-        await bot.wait()
-        raise
-    assert line, "the bot printed no ready line"
-    return WatchdogBot(bot, json.loads(line))
+    settings = {"dsn": dsn, "owner": owner, "watchdog": watchdog, "add": add}
+    bot = await start_bot(PG_WATCHDOG_BOT, settings)
+    assert "error" not in bot.ready, bot.ready
+    return bot
 
 
 def _stall_epoch(server: TemporaryPostgres, dsn: str) -> int:
@@ -110,9 +97,7 @@ async def test_sigkill_of_a_bot_cancels_its_stops_in_postgres_but_the_protective
         proc = Path(f"/proc/{bot.watchdog_pid}")
         assert postgres_dsn.encode() not in (proc / "cmdline").read_bytes()
         assert postgres_dsn.encode() not in (proc / "environ").read_bytes()
-        bot.process.kill()
-        async with asyncio.timeout(60):
-            await process_exited(bot.watchdog_pid)
+        await kill_bot(bot)
     finally:
         if bot.process.returncode is None:
             bot.process.kill()
