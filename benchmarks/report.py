@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure as Picture
 
-__all__ = ["ScenarioResult", "format_table", "write_json", "write_plot"]
+__all__ = ["ScenarioResult", "format_table", "read_results", "write_json", "write_plot"]
 
 TITLES: Final = {
     1: "Client overhead, fast server",
@@ -26,7 +27,7 @@ TITLES: Final = {
     3: "Kill switch against a 200/s rate limit",
     4: "Event-loop responsiveness",
     5: "Memory per order",
-    6: "Watchdog: bot death, bot loop lag, registry latency",
+    6: "Watchdog: bot death, bot loop lag, registry latency, outage recovery",
     7: "PostgreSQL: add() latency, lease renewals, machine death to last cancel",
     8: "Hedging when one round decides: 200 orders at C=256, log-normal 50 ms",
 }
@@ -159,7 +160,7 @@ _THRESHOLD = re.compile(r"[<>]=?\s*(-?\d[\d,]*(?:\.\d+)?)|^\s*(-?\d+(?:\.\d+)?)\
 
 def _who(figure: Figure) -> str:
     """Whose number it is: "asyncstop", "other" (a baseline client) or "floor" (no client)."""
-    if "idle loop" in figure.case:
+    if "idle loop" in figure.case or figure.case.startswith("theory"):
         return "floor"
     if figure.case.startswith("naive") or any(f"({b}) " in figure.case for b in "abcd"):
         return "other"
@@ -214,6 +215,39 @@ def _by_first_words(count: int) -> Callable[[Figure], tuple[str, str]]:
 
 def _no_detail(figure: Figure) -> str:
     return ""
+
+
+#: Scenario 8's cases are "<workload> <mode>"; the theory's is "theory: <what it assumes>".
+_HEDGE_MODE = re.compile(r"^(?P<workload>.*?) (?P<mode>plain|hedge=.*)$")
+_HEDGE_MODES: Final = {
+    'hedge="auto"': 'hedge="auto" warm',
+    'hedge="auto", no earlier calls': 'hedge="auto" cold',
+}
+
+
+def _by_hedge_mode(figure: Figure) -> tuple[str, str]:
+    """ "one round ... C=256 hedge="auto"" -> "one round ... C=256", "hedge="auto" warm"."""
+    theory, colon, assumption = figure.case.partition(": ")
+    if colon and theory == "theory":
+        return "theory (Monte Carlo)", assumption
+    match = _HEDGE_MODE.match(figure.case)
+    if match is None:
+        return "", figure.case
+    return match["workload"], _HEDGE_MODES.get(match["mode"], match["mode"])
+
+
+def _by_metric_then_mode(figure: Figure) -> tuple[str, str]:
+    workload, mode = _by_hedge_mode(figure)
+    return figure.metric, f"{workload.removeprefix('one round ')}: {mode}"
+
+
+def _ttl(figures: Sequence[Figure]) -> float | None:
+    """The lease ttl a machine-death case names ("machine death, 200 stops, ttl 3 s" -> 3)."""
+    for figure in figures:
+        match = re.search(r"ttl (\d+(?:\.\d+)?) s", figure.case)
+        if match is not None:
+            return float(match[1])
+    return None
 
 
 @dataclass(slots=True)
@@ -272,7 +306,7 @@ def _status(result: ScenarioResult | None) -> str | None:
 def _panels(results: Sequence[ScenarioResult]) -> dict[str, _Panel]:
     """What each panel of the picture shows, keyed by its place in the grid."""
     by_number = {r.number: r for r in results}
-    s1, s2, s3, s4, s5, s6 = (by_number.get(n) for n in range(1, 7))
+    s1, s2, s3, s4, s5, s6, s7, s8 = (by_number.get(n) for n in range(1, 9))
 
     cpu = {f.case: f for f in _pick(s1, ["client CPU per cancel"])}
 
@@ -301,6 +335,31 @@ def _panels(results: Sequence[ScenarioResult]) -> dict[str, _Panel]:
     memory += _pick(s5, ["peak RSS per order"])
     kill = _pick(s6, ["kill -> fired", "kill -> first DELETE", "kill -> all settled"])
     lags = ["lag p50", "lag p99", "lag max"]
+    outage = [f for f in _pick(s6, ["rounds", "not cancelled"]) if f.case.startswith("outage")]
+    outage = _pick(s6, ["recovery -> last cancel"]) + outage
+    death = _pick(s7, ["kill -> first DELETE", "kill -> last cancel"])
+
+    plain_ms = {
+        match["workload"]: f.median
+        for f in _pick(s8, ["time"])
+        if (match := _HEDGE_MODE.match(f.case)) is not None and match["mode"] == "plain"
+    }
+    hedged_ms = {f.case: f.median for f in _pick(s8, ["time"])}
+    theory_ms = {
+        f.metric: f.median for f in _pick(s8, ["plain slowest order", "hedged slowest order"])
+    }
+
+    def hedge_detail(figure: Figure) -> str:
+        if figure.case.startswith("theory"):
+            hedged = theory_ms.get("hedged slowest order", math.nan)
+            plain = theory_ms.get("plain slowest order", math.nan)
+            return f"  {_number(hedged)} vs {_number(plain)} ms plain"
+        match = _HEDGE_MODE.match(figure.case)
+        if match is None or figure.case not in hedged_ms:
+            return ""
+        plain = plain_ms.get(match["workload"], math.nan)
+        return f"  {_number(hedged_ms[figure.case])} vs {_number(plain)} ms plain"
+
     panels = {
         "1a": _Panel(
             1,
@@ -395,7 +454,11 @@ def _panels(results: Sequence[ScenarioResult]) -> dict[str, _Panel]:
             "ms after the SIGKILL",
             kill,
             label=_by_case,
-            notes=_pick(s6, ["all settled / bound", "not cancelled"]),
+            notes=[
+                f
+                for f in _pick(s6, ["all settled / bound", "not cancelled"])
+                if not f.case.startswith("outage")
+            ],
         ),
         "6c": _Panel(
             6,
@@ -404,6 +467,46 @@ def _panels(results: Sequence[ScenarioResult]) -> dict[str, _Panel]:
             _pick(s6, ["add+discard p50", "add+discard p99", "add+discard max"]),
             label=_by_case,
             log=True,
+        ),
+        "6d": _Panel(
+            6,
+            "6. Outage recovery: the bot is SIGKILLed while the exchange answers 503; "
+            "the watchdog's CPU share, in the outage and between its rounds (sleeping out "
+            "the backoff: it must not spin); below, recovery → last cancel",
+            "% of one core",
+            _pick(s6, ["watchdog CPU in the outage", "watchdog CPU between rounds"]),
+            label=_by_case,
+            notes=outage,
+        ),
+        "7": _Panel(
+            7,
+            "7. PostgreSQL: machine death with live stops, from the kill to the other "
+            "machine's first DELETE and last cancel (dotted: the lease ttl); below, add() "
+            "latency and lease renewals",
+            "s after the kill",
+            death,
+            label=_by_case,
+            reference=_ttl(death),
+            notes=_pick(s7, ["p50", "p99", "renewals per second", "bots kept alive at ttl 10 s"]),
+        ),
+        "8a": _Panel(
+            8,
+            '8. One round decides: time with hedge="auto" ÷ plain, in the same run '
+            "(dotted: as fast as plain; grey: the theory line); cold: no earlier calls; "
+            "the times at the right",
+            "time ÷ plain (x)",
+            _pick(s8, ["time / plain"]),
+            label=_by_hedge_mode,
+            detail=hedge_detail,
+            reference=1.0,
+        ),
+        "8b": _Panel(
+            8,
+            '8. What hedge="auto" cost: extra requests (hedges, % of the orders) and '
+            "the hedges that won (% of the hedges); cold: no earlier calls",
+            "%",
+            _pick(s8, ["extra requests (hedges)", "hedges that won"], by_metric=True),
+            label=_by_metric_then_mode,
         ),
     }
     for panel in panels.values():
@@ -575,7 +678,7 @@ def _draw_bars(ax: Axes, panel: _Panel) -> None:
             )
 
 
-#: Each panel's place in a 3 x 4 grid (rows, columns); 2a is tall: it has the most rows.
+#: Each panel's place in a 4 x 4 grid (rows, columns); 2a is tall: it has the most rows.
 LAYOUT: Final = {
     "1a": (slice(0, 1), 0),
     "1b": (slice(0, 1), 1),
@@ -588,7 +691,12 @@ LAYOUT: Final = {
     "6a": (slice(2, 3), 1),
     "6b": (slice(2, 3), 2),
     "6c": (slice(2, 3), 3),
+    "6d": (slice(3, 4), 0),
+    "7": (slice(3, 4), 1),
+    "8a": (slice(3, 4), 2),
+    "8b": (slice(3, 4), 3),
 }
+GRID: Final = (4, 4)
 
 
 def write_plot(path: Path, results: Sequence[ScenarioResult]) -> None:
@@ -604,8 +712,8 @@ def _picture(results: Sequence[ScenarioResult]) -> Picture:
     from matplotlib.lines import Line2D  # noqa: PLC0415
     from matplotlib.patches import Patch  # noqa: PLC0415
 
-    picture = Picture(figsize=(26, 17), layout="constrained")
-    grid = picture.add_gridspec(3, 4)
+    picture = Picture(figsize=(26, 22), layout="constrained")
+    grid = picture.add_gridspec(*GRID)
     for key, panel in _panels(results).items():
         rows, column = LAYOUT[key]
         _draw(picture.add_subplot(grid[rows, column]), panel)
@@ -624,7 +732,7 @@ def _picture(results: Sequence[ScenarioResult]) -> Picture:
         handles=[
             Patch(color=FILLS["asyncstop"], label="asyncstop"),
             Patch(color=FILLS["other"], label="another client: baselines (a)-(d), naive gather"),
-            Patch(color=FILLS["floor"], label="idle loop: no client (the floor)"),
+            Patch(color=FILLS["floor"], label="no client: the idle loop (the floor), theory"),
             Line2D([], [], color="black", linewidth=2.4, label="the target, on its own row"),
             Line2D(
                 [],
@@ -640,3 +748,42 @@ def _picture(results: Sequence[ScenarioResult]) -> Picture:
         frameon=False,
     )
     return picture
+
+
+def read_results(path: Path) -> list[ScenarioResult]:
+    """The scenarios of a results JSON written by ``python -m benchmarks``, to draw again."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    results = []
+    for number, scenario in document["scenarios"].items():
+        figures = [
+            Figure(
+                f["scenario"],
+                f["case"],
+                f["metric"],
+                f["unit"],
+                [math.nan if v is None else float(v) for v in f["runs"]],
+                f["target"],
+                f["passed"],
+                f["note"],
+            )
+            for f in scenario["figures"]
+        ]
+        results.append(ScenarioResult(int(number), scenario["seconds"], figures, scenario["error"]))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Draw the picture of a results JSON again: ``python -m benchmarks.report quick.json``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description="Redraw the PNG of a benchmark run from its JSON, without running it.",
+    )
+    parser.add_argument("json", type=Path, help="results written by python -m benchmarks")
+    parser.add_argument("png", type=Path, nargs="?", help="default: the JSON's name, .png")
+    args = parser.parse_args(argv)
+    write_plot(args.png or args.json.with_suffix(".png"), read_results(args.json))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

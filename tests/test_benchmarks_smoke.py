@@ -26,6 +26,9 @@ from benchmarks.report import (
     _threshold,
     _who,
     format_table,
+    main,
+    read_results,
+    write_json,
     write_plot,
 )
 from benchmarks.responsiveness import _percentile
@@ -137,6 +140,7 @@ def test_every_scenario_has_a_title() -> None:
         ("http fixed C=64 (a) aiohttp warm", "other"),
         ("naive asyncio.gather", "other"),
         ("idle loop", "floor"),
+        ("theory: ideal p95 hedge, independent second draw", "floor"),
     ],
 )
 def test_bar_colour_says_who_was_measured(case: str, who: str) -> None:
@@ -248,3 +252,98 @@ def test_picture_is_written_when_scenarios_failed_or_did_not_run(tmp_path: Path)
     write_plot(path, [failed])
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert list(tmp_path.iterdir()) == [path]
+
+
+def _panel_texts(picture: Picture, title: str) -> list[str]:
+    """Every text of the panel whose title starts with ``title``, tick labels included."""
+    (ax,) = [ax for ax in picture.axes if ax.get_title(loc="left").startswith(title)]
+    return [t.get_text() for t in ax.texts] + [t.get_text() for t in ax.get_yticklabels()]
+
+
+def _new_scenarios() -> list[ScenarioResult]:
+    """Scenarios 6 (outage only), 7 and 8 as their modules report them."""
+    outage = "outage 5 s N=1000"
+    death = "machine death, 200 stops, ttl 3 s"
+    one = "one round log-normal N=200 C=256"
+    return [
+        ScenarioResult(6, 1.0, [
+            Figure(6, outage, "recovery -> last cancel", "s", [0.2]).check(
+                "<= 45 s", lambda v: v <= 45),
+            Figure(6, outage, "rounds", "rounds", [3.0]),
+            Figure(6, outage, "not cancelled", "orders", [0.0]).check(
+                "0 in every run", lambda v: v == 0, on_max=True),
+            Figure(6, outage, "watchdog CPU in the outage", "%", [31.0]),
+            Figure(6, outage, "watchdog CPU between rounds", "%", [0.5]).check(
+                "<= 2 %", lambda v: v <= 2),
+        ]),
+        ScenarioResult(7, 1.0, [
+            Figure(7, "add() under a lease", "p50", "ms", [4.0]),
+            Figure(7, "add() under a lease", "p99", "ms", [5.5]),
+            Figure(7, "1,000 owners' renewals", "renewals per second", "/s", [9977.0]),
+            Figure(7, death, "kill -> first DELETE", "s", [1.5]).check(
+                ">= 2 (2/3 ttl)", lambda v: v >= 2),
+            Figure(7, death, "kill -> last cancel", "s", [2.4]).check(
+                "<= 6 (ttl + 3 s)", lambda v: v <= 6, on_max=True),
+        ]),
+        ScenarioResult(8, 1.0, [
+            Figure(8, f"{one} plain", "time", "ms", [415.0]),
+            Figure(8, f'{one} hedge="auto"', "time", "ms", [269.0]),
+            Figure(8, f'{one} hedge="auto"', "extra requests (hedges)", "%", [12.0]).check(
+                "<= 10 %", lambda v: v <= 10),
+            Figure(8, f'{one} hedge="auto"', "time / plain", "x", [0.647]).check(
+                "<= 0.80", lambda v: v <= 0.80),
+            Figure(8, "theory: ideal p95 hedge, independent second draw", "time / plain", "x",
+                   [0.688]),
+        ]),
+    ]  # fmt: skip
+
+
+@needs_matplotlib
+def test_outage_postgres_and_hedging_panels_show_their_figures_and_verdicts() -> None:
+    """Outage recovery, PostgreSQL and one-round hedging each get a panel with their targets."""
+    picture = _picture(_new_scenarios())
+    outage = _panel_texts(picture, "6. Outage recovery")
+    assert "watchdog CPU between rounds" in outage
+    assert "PASS (≤ 2 %)" in outage
+    assert any("recovery → last cancel = 0.20 s" in t and "PASS (≤ 45 s)" in t for t in outage)
+    death = _panel_texts(picture, "7. PostgreSQL")
+    assert {"MISS (≥ 2 (2/3 ttl))", "PASS (≤ 6 (ttl + 3 s))"} <= set(death)
+    assert any("renewals per second = 9,977 /s" in t for t in death)
+    ratio = _panel_texts(picture, "8. One round decides")
+    assert "0.647\N{MULTIPLICATION SIGN}  269 vs 415 ms plain" in ratio
+    assert "PASS (≤ 0.80)" in ratio
+    assert [colour for colour, _ in _panel_bars(picture, "8. One round decides")] == [
+        _fill("asyncstop"),
+        _fill("floor"),
+    ]
+    assert "MISS (≤ 10 %)" in _panel_texts(picture, '8. What hedge="auto" cost')
+    targets = [list(line.get_xdata()) for ax in picture.axes for line in ax.lines]
+    assert {(2.0, 2.0), (6.0, 6.0), (0.8, 0.8), (10.0, 10.0), (2.0, 2.0)} <= {
+        tuple(t) for t in targets
+    }
+    # the outage's own "not cancelled" is not mistaken for the bot-death panel's
+    assert not any("outage" in t for t in _panel_texts(picture, "6. Bot SIGKILLed"))
+
+
+@needs_matplotlib
+def test_new_panels_say_not_run_when_their_scenario_is_missing() -> None:
+    """A run without scenarios 6-8 still draws their panels, each saying it was not run."""
+    picture = _picture([ScenarioResult(1, 1.0, [Figure(1, "c", "cancels/s", "/s", [1.0])])])
+    for title in ("6. Outage recovery", "7. PostgreSQL", "8. One round", '8. What hedge="auto"'):
+        (ax,) = [ax for ax in picture.axes if ax.get_title(loc="left").startswith(title)]
+        assert [t.get_text() for t in ax.texts] == ["not run"]
+        assert not ax.axison
+
+
+@needs_matplotlib
+def test_picture_is_redrawn_from_the_json_of_a_run(tmp_path: Path) -> None:
+    """`python -m benchmarks.report run.json` draws the PNG again with the same figures."""
+    results = _new_scenarios()
+    path = tmp_path / "run.json"
+    write_json(path, {"scenarios": {str(r.number): r.as_dict() for r in results}})
+    again = read_results(path)
+    assert [[f.as_dict() for f in r.figures] for r in again] == [
+        [f.as_dict() for f in r.figures] for r in results
+    ]
+    assert main([str(path)]) == 0
+    assert (tmp_path / "run.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
