@@ -62,7 +62,7 @@ from ._report import CancelOutcome, CancelReport, CancelResult, OrderItem
 from ._transport import DaemonThreadResolver, Timeout
 from ._watchdog import Watchdog, WatchdogFired
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
