@@ -193,7 +193,7 @@ async def test_each_hedge_is_logged_with_its_delay_and_estimate(
             base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, timeout=5.0
         ) as client,
     ):
-        await _warm(client, exchange, 40)
+        await _warm(client, exchange, 60)
         ids = exchange.add_stop_orders(40, account_id=ACCOUNT)
         exchange.inject_for(ids[0], Fault.hang())  # sent first: hedged before any slow reply
         with caplog.at_level(logging.DEBUG, logger="asyncstop"):
@@ -203,7 +203,8 @@ async def test_each_hedge_is_logged_with_its_delay_and_estimate(
     assert len(lines) == report.hedges_sent
     line = next(text for text in lines if ids[0] in text)
     assert "delay" in line
-    # A warm client goes by its earlier call too: more replies than this call's 40.
+    # A warm client goes by its earlier call too (60 replies): this call alone
+    # could give at most 40, even when the estimate behind the hedge is its first.
     found = re.search(r"estimated from (\d+) replies", line)
     assert found is not None, line
     assert int(found.group(1)) > 40
