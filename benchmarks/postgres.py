@@ -122,35 +122,22 @@ async def _renewals(dsn: str, seconds: float) -> float:
 
 
 async def _machine_death(dsn: str, orders: int, folder: Path) -> dict[str, float]:
-    from asyncstop.testing import FakeExchange, wait_until  # noqa: PLC0415
+    from asyncstop.testing import FakeExchange, wait_until, watchdog_service  # noqa: PLC0415
 
-    async with FakeExchange(tokens={_TOKEN}, seed=7, keep_journal=True) as exchange:
+    async with (
+        FakeExchange(tokens={_TOKEN}, seed=7, keep_journal=True) as exchange,
+        watchdog_service(
+            dsn,
+            exchange.base_url,
+            token=_TOKEN,
+            folder=folder,
+            account_id=_ACCOUNT,
+            name="bench-service",
+            poll_interval=POLL_INTERVAL,
+            ready_timeout=60,
+        ),
+    ):
         ids = exchange.add_stop_orders(orders, account_id=_ACCOUNT)
-        token_file = folder / "token"
-        token_file.write_text(_TOKEN)
-        token_file.chmod(0o600)
-        log = folder / "service.log"
-        with log.open("ab") as log_file:
-            service = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "asyncstop",
-                "watchdog",
-                "--store",
-                dsn,
-                "--base-url",
-                exchange.base_url,
-                "--account-id",
-                _ACCOUNT,
-                "--token-command",
-                f"cat {token_file}",
-                "--poll-interval",
-                str(POLL_INTERVAL),
-                "--name",
-                "bench-service",
-                stdin=asyncio.subprocess.DEVNULL,
-                stderr=log_file,
-            )
         bot = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -180,7 +167,6 @@ async def _machine_death(dsn: str, orders: int, folder: Path) -> dict[str, float
             async with asyncio.timeout(120):
                 while b'"ready"' not in await bot.stdout.readline():
                     pass
-                await wait_until(lambda: "watching" in log.read_text(), 60)
             killed_at = time.monotonic()
             os.killpg(bot.pid, signal.SIGKILL)
             await bot.wait()
@@ -193,9 +179,6 @@ async def _machine_death(dsn: str, orders: int, folder: Path) -> dict[str, float
             if bot.returncode is None:
                 os.killpg(bot.pid, signal.SIGKILL)
                 await bot.wait()
-            if service.returncode is None:
-                service.terminate()
-                await service.wait()
 
 
 def run(settings: Settings) -> list[Figure]:
@@ -214,7 +197,7 @@ def run(settings: Settings) -> list[Figure]:
     seconds = QUICK_RENEW_SECONDS if settings.quick else RENEW_SECONDS
     with TemporaryPostgres(durable=True) as server:
         for number in range(settings.runs):
-            dsn = _fresh_database(server, number)
+            dsn = server.create_database(f"bench_{os.getpid()}_{number}")
             took = run_in_loop(None, lambda dsn=dsn: _add_latency(dsn, adds))
             figures.add("add() under a lease", "p50", "ms", _percentile(took, 0.50) * _MS)
             figures.add("add() under a lease", "p99", "ms", _percentile(took, 0.99) * _MS)
@@ -242,30 +225,3 @@ def run(settings: Settings) -> list[Figure]:
     if last is not None:
         last.check(f"<= {bound:g} (ttl + 3 s)", lambda v: v <= bound, on_max=True)
     return figures.as_list()
-
-
-def _fresh_database(server: TemporaryPostgres, number: int) -> str:
-    import subprocess  # noqa: PLC0415
-
-    name = f"bench_{os.getpid()}_{number}"
-    subprocess.run(
-        [
-            str(server.bindir / "psql"),
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(server.port),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            f"CREATE DATABASE {name}",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return server.dsn(name)

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import itertools
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import msgspec
 import pytest
 
 from asyncstop._postgres._tempserver import TemporaryPostgres, unavailable_reason
-from asyncstop.testing import FakeExchange, wait_until
+from asyncstop.testing import FakeExchange, wait_until, watchdog_service
 
 from .helpers import ACCOUNT, TOKEN
 
@@ -60,28 +59,7 @@ def postgres_server() -> Iterator[TemporaryPostgres]:
 @pytest.fixture
 def postgres_dsn(postgres_server: TemporaryPostgres) -> str:
     """The DSN of a fresh, empty database on the session's server."""
-    name = f"test_{os.getpid()}_{next(_database_numbers)}"
-    subprocess.run(
-        [
-            str(postgres_server.bindir / "psql"),
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(postgres_server.port),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            f"CREATE DATABASE {name}",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return postgres_server.dsn(name)
+    return postgres_server.create_database(f"test_{os.getpid()}_{next(_database_numbers)}")
 
 
 class FreezableProxy:
@@ -218,50 +196,15 @@ async def bot_process(
 async def service_process(
     dsn: str, exchange: FakeExchange, tmp: Path, *extra: str, name: str = "svc"
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``asyncstop watchdog --store`` against ``exchange``; yields once it watches; SIGTERMs it."""
-    token_file = tmp / f"{name}.token"
-    token_file.write_text(TOKEN + "\n")
-    token_file.chmod(0o600)
-    log = tmp / f"{name}.log"
-    with log.open("ab") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "asyncstop",
-            "watchdog",
-            "--store",
-            dsn,
-            "--base-url",
-            exchange.base_url,
-            "--account-id",
-            ACCOUNT,
-            "--token-command",
-            f"cat {token_file}",
-            "--poll-interval",
-            "0.1",
-            "--round-deadline",
-            "5",
-            "--give-up-after",
-            "30",
-            "--name",
-            name,
-            *extra,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=log_file,
-        )
-    try:
-        await wait_until(
-            lambda: "watching the leases" in log.read_text() or process.returncode is not None, 30
-        )
-        assert process.returncode is None, log.read_text()
-        yield process
-        if process.returncode is None:
-            # SIGTERM, as systemctl stop sends it: the service exits 0.
-            process.terminate()
-            await asyncio.wait_for(process.wait(), 15)
-            assert process.returncode == 0, log.read_text()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    """``asyncstop watchdog --store`` against ``exchange``, yielded once it watches; exits 0."""
+    options = ["--round-deadline", "5", "--give-up-after", "30", *extra]
+    async with watchdog_service(
+        dsn,
+        exchange.base_url,
+        token=TOKEN,
+        folder=tmp,
+        account_id=ACCOUNT,
+        name=name,
+        options=options,
+    ) as service:
+        yield service.process

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shlex
 import signal
 import sys
 import tempfile
@@ -43,6 +42,8 @@ OFFHOST_ORDERS: Final = 200
 #: The bot's account, its own so that the exchange's count is the bot's alone.
 _ACCOUNT: Final = "demo-offhost"
 _OWNER: Final = "demo-bot-eu-1"
+#: The service's name in its claims, and its log's (``demo-service.log``).
+_SERVICE: Final = "demo-service"
 #: The lease's ttl: the time the service waits before it may fire.
 LEASE_TTL: Final = 2.0
 _READY_TIMEOUT: Final = 30.0
@@ -122,16 +123,32 @@ async def _machine_dies(
     token: str,
     order_ids: list[str],
 ) -> bool:
-    from asyncstop.testing import wait_until  # noqa: PLC0415 - only the demo needs it
+    from asyncstop.testing import wait_until, watchdog_service  # noqa: PLC0415 - the demo's
 
     dsn = server.dsn()
     _say(out, f"  database  a temporary PostgreSQL on 127.0.0.1:{server.port}")
-    async with (
-        _service(exchange, dsn, folder, token) as service,
-        _bot(dsn, order_ids, folder) as bot,
-    ):
-        if service.returncode is not None or bot is None:
-            _say(out, "  the service or the bot did not start; its log follows")
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            service = await stack.enter_async_context(
+                watchdog_service(
+                    dsn,
+                    exchange.base_url,
+                    token=token,
+                    folder=folder,
+                    account_id=_ACCOUNT,
+                    name=_SERVICE,
+                    options=["--round-deadline", "4", "--give-up-after", str(_SETTLE_TIMEOUT)],
+                    ready_timeout=_READY_TIMEOUT,
+                    stop_timeout=_EXIT_GRACE,
+                    check=False,
+                )
+            )
+        except AssertionError:  # it exited, or did not watch in time
+            _say(out, "  the service did not start; its log follows")
+            return False
+        bot = await stack.enter_async_context(_bot(dsn, order_ids, folder))
+        if bot is None:
+            _say(out, "  the bot did not start; its log follows")
             return False
         _say(
             out,
@@ -141,8 +158,9 @@ async def _machine_dies(
         )
         _say(
             out,
-            f"  service   pid {service.pid}: asyncstop watchdog --store ..., its token from "
-            "--token-command; claims an owner whose lease expired (FOR UPDATE SKIP LOCKED)",
+            f"  service   pid {service.process.pid}: asyncstop watchdog, its DSN from "
+            "ASYNCSTOP_STORE and its token from --token-command; claims an owner whose lease "
+            "expired (FOR UPDATE SKIP LOCKED)",
         )
         before = len(exchange.open_stop_orders(_ACCOUNT))
         _say(out, f"  live stops before the machine dies: {before} (exchange's count)")
@@ -155,7 +173,7 @@ async def _machine_dies(
         deletes = [e for e in exchange.journal if e.method == "DELETE" and e.account_id == _ACCOUNT]
         _say(out, _timing_line(deletes, killed_at))
         with contextlib.suppress(AssertionError):
-            await wait_until(lambda: "fired for owner" in _read(folder / "service.log"), 5)
+            await wait_until(lambda: "fired for owner" in service.log_text(), 5)
         record = await _fire_record(dsn)
         _say(out, _record_line(record, len(deletes)))
         after = len(exchange.open_stop_orders(_ACCOUNT))
@@ -213,65 +231,6 @@ def _record_line(record: dict[str, Any] | None, requests: int) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _service(
-    exchange: FakeExchange, dsn: str, folder: Path, token: str
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """The off-host service, its token from a command reading a 0600 file; SIGTERM at the end."""
-    token_file = folder / "token"
-    token_file.touch(mode=0o600)
-    token_file.write_text(token, encoding="utf-8")
-    token_command = shlex.join(
-        [sys.executable, "-c", "import sys; print(open(sys.argv[1]).read())", str(token_file)]
-    )
-    log = folder / "service.log"
-    with log.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "asyncstop",
-            "watchdog",
-            "--store",
-            dsn,
-            "--base-url",
-            exchange.base_url,
-            "--account-id",
-            _ACCOUNT,
-            "--token-command",
-            token_command,
-            "--poll-interval",
-            "0.1",
-            "--round-deadline",
-            "4",
-            "--give-up-after",
-            str(_SETTLE_TIMEOUT),
-            "--name",
-            "demo-service",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=log_file,
-            start_new_session=True,
-        )
-    try:
-        from asyncstop.testing import wait_until  # noqa: PLC0415
-
-        with contextlib.suppress(AssertionError):
-            await wait_until(
-                lambda: process.returncode is not None or "watching" in _read(log),
-                _READY_TIMEOUT,
-            )
-        yield process
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                async with asyncio.timeout(_EXIT_GRACE):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-@contextlib.asynccontextmanager
 async def _bot(
     dsn: str, order_ids: list[str], folder: Path
 ) -> AsyncIterator[asyncio.subprocess.Process | None]:
@@ -320,7 +279,7 @@ def _read(path: Path) -> str:
 
 def _show_logs(folder: Path, *, failed: bool) -> None:
     why = "what went wrong may be here" if failed else "-v"
-    for name in ("bot.log", "service.log"):
+    for name in ("bot.log", f"{_SERVICE}.log"):
         lines = _read(folder / name).splitlines()
         if not lines:
             continue

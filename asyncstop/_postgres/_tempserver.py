@@ -121,6 +121,27 @@ class TemporaryPostgres:
         """The DSN of ``database`` over TCP (trust authentication: no password)."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
+    def create_database(self, name: str) -> str:
+        """Create the empty database ``name`` (letters, digits, ``_``); return its DSN."""
+        if not (name.isascii() and name.replace("_", "a").isalnum() and not name[0].isdigit()):
+            raise ValueError(f"a database name is letters, digits and _, not {name!r}")
+        self._run(
+            str(self.bindir / "psql"),
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            f"CREATE DATABASE {name}",
+        )
+        return self.dsn(name)
+
     def _run(self, *args: str) -> None:
         result = subprocess.run(  # noqa: S603 - the server's own binaries, no shell
             [*self._as_user, *args],

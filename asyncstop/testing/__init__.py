@@ -20,6 +20,8 @@ ignoring a 429 pause::
             assert not exchange.pause_violations
 
 :func:`wait_until` waits in a test for a condition the loop will make true.
+:func:`watchdog_service` runs the off-host ``asyncstop watchdog --store`` as a
+child process while a block runs, to try a bot's lease against it.
 From a shell, ``python -m asyncstop.testing --port 8080 --orders 1000`` serves
 one until Ctrl-C (see ``--help``), with its control surface under ``/_fake``
 (``docs/fake-exchange.md``); :func:`main` is that command line, and
@@ -33,7 +35,8 @@ outage), ``_ratelimit`` (token buckets, 429 pauses and their judge, shared with
 the benchmarks' servers), ``_replies`` (every answer), ``_journal``, ``_orders``
 and ``_accounts`` (the exchange's records), ``_control`` (the loopback-only
 control surface under ``/_fake/``: counts, new orders, faults, from a shell),
-``_runner`` (the command line) and ``_wait``.
+``_runner`` (the command line), ``_service`` (the off-host service as a child
+process) and ``_wait``.
 """
 
 from ._accounts import FakeAccount
@@ -42,6 +45,7 @@ from ._faults import Fault, Faults, LongTailLatency, spread_faults
 from ._journal import JournalEntry, Outcome
 from ._orders import FakeStopOrder
 from ._runner import add_fake_exchange_arguments, main, parse_duration, run_fake_exchange
+from ._service import WatchdogService, watchdog_service
 from ._wait import wait_until
 
 __all__ = [
@@ -53,12 +57,14 @@ __all__ = [
     "JournalEntry",
     "LongTailLatency",
     "Outcome",
+    "WatchdogService",
     "add_fake_exchange_arguments",
     "main",
     "parse_duration",
     "run_fake_exchange",
     "spread_faults",
     "wait_until",
+    "watchdog_service",
 ]
 
 for _public in (
@@ -70,12 +76,14 @@ for _public in (
     JournalEntry,
     LongTailLatency,
     Outcome,
+    WatchdogService,
     add_fake_exchange_arguments,
     main,
     parse_duration,
     run_fake_exchange,
     spread_faults,
     wait_until,
+    watchdog_service,
 ):
     _public.__module__ = __name__
 del _public
