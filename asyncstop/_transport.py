@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -50,6 +50,10 @@ from ._models import (
 )
 from ._retry import parse_retry_after
 from ._validation import check_count, check_seconds
+
+if TYPE_CHECKING:
+    from aiohttp.connector import Connection
+    from aiohttp.tracing import Trace
 
 __all__ = ["DaemonThreadResolver", "Timeout", "Transport"]
 
@@ -127,7 +131,7 @@ class Transport:
         if self._user_session is not None:
             self._session = self._user_session
             return
-        connector = aiohttp.TCPConnector(
+        connector = _CleanConnector(
             limit=self.max_connections,
             limit_per_host=self.max_connections,
             resolver=self._resolver or DaemonThreadResolver(),
@@ -423,6 +427,40 @@ def _error_for(
     if isinstance(err, RateLimitError):
         err.retry_after = parse_retry_after(resp.headers.get("Retry-After"))
     return err
+
+
+class _CleanConnector(aiohttp.TCPConnector):
+    """A pool that never hands out a connection holding a reply nobody asked for.
+
+    aiohttp parses whatever arrives on a pooled, idle connection and queues it
+    as the next response on that connection: a broken proxy or gateway that
+    writes a second answer while the connection sits in the pool would have the
+    next request read it as its own. For a 2xx the order id in the body exposes
+    it; a 404 carries no id, and would be read as "this order does not exist"
+    while the order is live. So a connection with unread data (aiohttp's
+    ``should_close``) is closed when taken from the pool, and another is used.
+    A reply that arrives after the next request went out cannot be told from
+    that request's own; that remains.
+    """
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature, overridden
+    ) -> Connection:
+        while True:
+            connection = await super().connect(req, traces, timeout)
+            protocol = connection.protocol
+            if protocol is None or not protocol.should_close:
+                return connection
+            logger.warning(
+                "a pooled connection to %s:%s held data nobody asked for (a broken proxy or "
+                "gateway?): closed, and not used",
+                req.host,
+                req.port,
+            )
+            connection.close()
 
 
 class DaemonThreadResolver(AbstractResolver):

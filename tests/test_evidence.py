@@ -9,7 +9,7 @@ import pytest
 
 import asyncstop
 from asyncstop import CancelOutcome
-from asyncstop.testing import FakeExchange, Fault
+from asyncstop.testing import FakeExchange, Fault, wait_until
 
 from .helpers import ACCOUNT, TOKEN, ClientFactory
 
@@ -202,6 +202,23 @@ async def test_a_stale_reply_on_an_idle_connection_is_not_taken_for_the_next_ord
     assert outcomes[first] is CancelOutcome.CANCELLED
     assert outcomes[second] is CancelOutcome.UNKNOWN
     assert second in exchange.open_stop_orders()
+
+
+async def test_a_stale_404_written_on_an_idle_connection_is_not_taken_for_the_next_order(
+    exchange: FakeExchange, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stray 404 arriving on a pooled connection: the next order gets its own 503, not it."""
+    first, second = exchange.add_stop_orders(2, account_id=ACCOUNT)
+    exchange.inject_for(first, Fault.stale_reply(idle=0.05, status=404))
+    exchange.inject_for(second, Fault.error(503))
+    client = await make_client(max_concurrency=1, max_retries=0)
+    assert (await client.cancel_stop_orders([first])).ok
+    await wait_until(lambda: exchange.stale_replies_sent == 1, timeout=10)
+    report = await client.cancel_stop_orders([second])
+    (result,) = report.results
+    assert result.outcome is CancelOutcome.UNKNOWN  # not NOT_FOUND: that would be a false all-clear
+    assert second in exchange.open_stop_orders()
+    assert "held data nobody asked for" in caplog.text
 
 
 async def test_an_endless_body_is_cut_at_the_limit(

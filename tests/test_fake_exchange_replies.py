@@ -182,6 +182,26 @@ async def test_fault_stale_reply_with_idle_is_written_on_the_idle_connection() -
         assert (status, json.loads(body)["order"]["orderId"]) == (200, first)
 
 
+async def test_fault_stale_reply_404_is_the_documented_404_on_the_connection() -> None:
+    """Fault.stale_reply(status=404): the next request on the connection reads a 404 not its own."""
+    async with (
+        FakeExchange(tokens={TOKEN}) as exchange,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session,
+    ):
+        first, second = exchange.add_stop_orders(2)
+        exchange.inject_for(first, Fault.stale_reply(status=404))
+        exchange.inject_for(second, Fault.error(503))
+        assert (await raw_delete(session, exchange, first))[0] == 200
+        stale = await raw_delete(session, exchange, second)
+        assert exchange.open_stop_orders() == {second}  # the exchange answered 503
+        assert [(e.order_id, e.status) for e in exchange.journal] == [(first, 200), (second, 503)]
+        # The documented 404, as an unknown id gets it (on a connection of its own).
+        async with aiohttp.ClientSession() as fresh:
+            genuine = await raw_delete(fresh, exchange, "01K2MNGAWPMQJ7WGATFSCAS1G5")
+        assert stale[0] == genuine[0] == 404
+        assert stale[2] == genuine[2]
+
+
 def test_odd_answer_faults_are_validated() -> None:
     """Impossible sizes, statuses and idle times are refused when the fault is built."""
     with pytest.raises(ValueError, match="size"):
@@ -192,5 +212,7 @@ def test_odd_answer_faults_are_validated() -> None:
         Fault.endless_body(status=700)
     with pytest.raises(ValueError, match="idle"):
         Fault.stale_reply(idle=float("nan"))
+    with pytest.raises(ValueError, match="200 or a 404"):
+        Fault.stale_reply(status=500)
     with pytest.raises(ValueError, match="order_id"):
         Fault.other_order("a/b")

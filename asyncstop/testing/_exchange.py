@@ -546,7 +546,11 @@ class FakeExchange(OrderBook, FaultBook):
 
     def _owe_stale(self, request: web.BaseRequest, fault: Fault, order_id: str | None) -> None:
         """Arrange the unsolicited second answer of ``Fault.stale_reply`` on this connection."""
-        body = _replies.raw_ok(encode_cancel_reply(other_order(self.orders, None, order_id)))
+        body = (
+            _replies.raw_not_found()
+            if fault.status == 404
+            else _replies.raw_ok(encode_cancel_reply(other_order(self.orders, None, order_id)))
+        )
         timer = None
         if fault.idle is not None:
             assert self._loop is not None

@@ -316,20 +316,24 @@ class Fault:
         )
 
     @classmethod
-    def stale_reply(cls, *, idle: float | None = None) -> Fault:
-        """Answer normally, then write a second, unsolicited 200 on the same connection.
+    def stale_reply(cls, *, idle: float | None = None, status: int = 200) -> Fault:
+        """Answer normally, then write a second, unsolicited answer on the same connection.
 
-        The extra answer carries the documented body of this request's order,
-        so the client's next request on that connection reads an answer about
-        another order. With ``idle=None`` it is written just as the next request
-        arrives on the connection (certain, whatever the machine's speed); with
-        ``idle=seconds`` it is written that long after the real answer, if the
-        connection is idle then (as a broken proxy would), else as with None.
-        ``exchange.stale_replies_sent`` counts the extra answers written.
+        With ``status=200`` the extra answer carries the documented body of this
+        request's order, so the client's next request on that connection reads
+        an answer about another order; with ``status=404`` it is the documented
+        404, which names no order at all. With ``idle=None`` it is written just
+        as the next request arrives on the connection (certain, whatever the
+        machine's speed); with ``idle=seconds`` it is written that long after
+        the real answer, if the connection is idle then (as a broken proxy
+        would), else as with None. ``exchange.stale_replies_sent`` counts the
+        extra answers written.
         """
         if idle is not None and not (math.isfinite(idle) and idle >= 0):
             raise ValueError(f"idle must be a non-negative number of seconds, not {idle!r}")
-        return cls("stale_reply", idle=idle)
+        if status not in (200, 404):
+            raise ValueError(f"a stale reply is a 200 or a 404, not {status!r}")
+        return cls("stale_reply", status=status, idle=idle)
 
     @classmethod
     def redirect(cls, location: str) -> Fault:

@@ -154,7 +154,19 @@ def reply(fault: Fault, body: bytes | None = None) -> web.Response:
 
 def raw_ok(body: bytes) -> bytes:
     """A complete HTTP/1.1 200 answer with a JSON ``body``, as bytes for a transport."""
-    head = f"HTTP/1.1 200 OK\r\nContent-Type: {_JSON}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return _raw(200, "OK", body)
+
+
+def raw_not_found() -> bytes:
+    """The documented 404 answer, complete, as bytes for a transport."""
+    return _raw(404, "Not Found", _BODY_NOT_FOUND)
+
+
+def _raw(status: int, reason: str, body: bytes) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {_JSON}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
