@@ -107,6 +107,14 @@ async def test_sigkill_of_a_bot_cancels_its_stops_in_postgres_but_the_protective
     assert deleted == set(ids) - protective
     async with await PostgresRegistry.connect(postgres_dsn, owner="bot-eu-1") as registry:
         assert set(await registry.snapshot()) == protective
+        # The bot, back, learns from its new lease what its watchdog did while it was gone.
+        async with registry.lease(ttl=5.0) as lease:
+            (fire,) = lease.fires
+    assert fire["owner"] == "bot-eu-1"
+    assert str(fire["service"]).startswith("watchdog ")
+    assert fire["counts"]["cancelled"] == 27
+    assert fire["ok"] is True
+    assert sorted(order for _, order in fire["protective_left"]) == sorted(protective)
 
 
 async def _arm_when_free(watchdog: Watchdog) -> None:

@@ -102,8 +102,9 @@ class Lease:
         self.lost_reason: str | None = None
         #: True when entering took over a lease that was still live.
         self.took_over = False
-        #: The records of the off-host fires for this owner since its previous lease was
-        #: taken (oldest first): what a bot that comes back needs to know of its stops.
+        #: The records of the fires for this owner since its previous lease was taken
+        #: (oldest first), by an off-host service or by the bot's own watchdog (whose
+        #: ``service`` is ``watchdog host:pid``): what a bot that comes back needs to know.
         self.fires: list[dict[str, Any]] = []
         self._db = Database(dsn, max_connections=1)
         self._deadline = 0.0
@@ -199,7 +200,7 @@ class Lease:
         for fire in self.fires:
             counts = ", ".join(f"{n} {k}" for k, n in fire.get("counts", {}).items() if n)
             logger.warning(
-                "owner %r: while it had no lease, the off-host service %r fired for it: %s; "
+                "owner %r: since its previous lease, %r fired for it: %s; "
                 "%s may still be live, %d protective left live (lease.fires)",
                 self.owner,
                 fire.get("service"),

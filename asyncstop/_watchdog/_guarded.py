@@ -1,9 +1,10 @@
 """What a watchdog process guards: a registry file, or an owner's stops in PostgreSQL.
 
-Both give the watchdog the same five things: its lock (one watchdog per
+Both give the watchdog the same six things: its lock (one watchdog per
 registry file, or per owner of a database), a source for the ``Fire`` kill
 switch, the fence it puts up when it fires by itself, the stops to count and
-a :class:`~._firing.FiringStore` to fire at, and what is left at the end.
+a :class:`~._firing.FiringStore` to fire at, a record of that firing (the
+report file's, or a row in ``asyncstop_fires``), and what is left at the end.
 
 * :class:`GuardedFile`: a :class:`~asyncstop.StopOrderRegistry` file. The
   fence is a table in the file: ``add()`` raises ``WatchdogError`` until a
@@ -23,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 from .._logging import logger
-from ._firing import FiringStore, RegisteredStop, RegistryStore
+from ._firing import FiringOutcome, FiringRound, FiringStore, RegisteredStop, RegistryStore
 from ._lock import RegistryLock, lock_owner
 from ._protocol import RegistryFile, RegistryOwner
 
@@ -84,6 +86,14 @@ class Guarded(Protocol):
         """How many stops are still registered (-1 when it cannot tell)."""
         ...
 
+    async def fire_started(self) -> None:
+        """Note in the store that the watchdog fires by itself (errors logged, not raised)."""
+        ...
+
+    async def fire_ended(self, outcome: FiringOutcome, last_round: FiringRound | None) -> None:
+        """Record in the store how that firing ended (errors logged, not raised)."""
+        ...
+
 
 class GuardedFile:
     """A :class:`~asyncstop.StopOrderRegistry` file."""
@@ -131,6 +141,12 @@ class GuardedFile:
         except (sqlite3.Error, RuntimeError):
             return -1
 
+    async def fire_started(self) -> None:
+        pass  # the report file beside the registry records it
+
+    async def fire_ended(self, outcome: FiringOutcome, last_round: FiringRound | None) -> None:
+        pass
+
 
 class GuardedOwner:
     """An owner's stops in a :class:`~asyncstop.PostgresRegistry`."""
@@ -140,6 +156,11 @@ class GuardedOwner:
         self._source = source
         self._registry: PostgresRegistry | None = None
         self._db: Database | None = None
+        #: The owner's epoch before this watchdog's fence raised it (its lease's, if any).
+        self._fired_epoch = 0
+        #: The row of this watchdog's fire in asyncstop_fires, once written.
+        self._fire_id: int | None = None
+        self._fire_name = ""
 
     async def open(self, resources: contextlib.AsyncExitStack, *, bot_pid: int) -> None:
         from .._postgres._db import Database  # noqa: PLC0415 - the process only
@@ -178,6 +199,8 @@ class GuardedOwner:
                 type(err).__name__,
             )
             return
+        if row is not None:
+            self._fired_epoch = int(row["epoch"]) - 1
         if row is not None and row["leased"]:
             logger.warning(
                 "watchdog fenced %s: epoch raised to %d, so the bot's lease is refused by the "
@@ -206,6 +229,50 @@ class GuardedOwner:
         except db_errors():
             return -1
         return int(count)
+
+    async def fire_started(self) -> None:
+        """A row in asyncstop_fires, as the service writes one: the next lease lists it."""
+        from .._postgres._db import db_errors  # noqa: PLC0415
+        from ._service import RECORD_START, default_service_name  # noqa: PLC0415
+
+        owner = self._source.owner
+        name = self._fire_name = f"watchdog {default_service_name()}"
+        try:
+            fire_id = await self.db.run(
+                lambda conn: conn.fetchval(RECORD_START, owner, self._fired_epoch, name)
+            )
+        except db_errors() as err:
+            logger.error(
+                "watchdog could not record its fire for %s (%s): the bot's next lease will "
+                "not list it",
+                self.name,
+                type(err).__name__,
+            )
+            return
+        self._fire_id = int(fire_id)
+
+    async def fire_ended(self, outcome: FiringOutcome, last_round: FiringRound | None) -> None:
+        from .._postgres._db import db_errors  # noqa: PLC0415
+        from ._service import RECORD_END, fire_record  # noqa: PLC0415
+
+        fire_id = self._fire_id
+        if fire_id is None:
+            return
+        record = fire_record(
+            self._source.owner,
+            self._fired_epoch,
+            self._fire_name,
+            outcome,
+            [] if last_round is None else [last_round],
+        )
+        try:
+            await self.db.run(lambda conn: conn.execute(RECORD_END, fire_id, json.dumps(record)))
+        except db_errors() as err:
+            logger.error(
+                "watchdog could not record how its fire for %s ended (%s)",
+                self.name,
+                type(err).__name__,
+            )
 
 
 def open_guarded(source: RegistryFile | RegistryOwner) -> GuardedFile | GuardedOwner:

@@ -162,6 +162,8 @@ class _Watch:
         self.last_heartbeat_at: str | None = None
         self.last_message_at = time.monotonic()
         self.taken_over = asyncio.Event()
+        #: The latest round of a firing by itself (for the database's record of it).
+        self.last_round: FiringRound | None = None
 
     # -- tokens --------------------------------------------------------------------------------
 
@@ -294,6 +296,7 @@ class _Watch:
         at = now_iso()
         why = _WHY[reason]
         await guarded.fence(f"the watchdog (pid {pid}) fired by itself at {at}: {why}")
+        await guarded.fire_started()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_TELL_LIMIT):
                 await self.pipe.send(Fired(reason=reason, at=at, pid=pid))
@@ -354,7 +357,10 @@ class _Watch:
             await asyncio.gather(firing, taken_over, *helpers, return_exceptions=True)
         if firing.cancelled() or firing.exception() is not None:
             return await self.end_early(firing)
-        return self.finish(firing.result())
+        outcome = firing.result()
+        status = self.finish(outcome)
+        await guarded.fire_ended(outcome, self.last_round)
+        return status
 
     async def listen_after_firing(self) -> None:
         """Keep reading the pipe after firing: a resumed bot's heartbeats, or its TakeOver."""
@@ -369,6 +375,7 @@ class _Watch:
                     return
 
     def on_round(self, record: FiringRound) -> None:
+        self.last_round = record
         self.report.write(
             "round",
             round=record.number,

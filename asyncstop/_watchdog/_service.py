@@ -46,9 +46,12 @@ __all__ = [
     "DEFAULT_CLAIM_TTL",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_ROUND_DEADLINE",
+    "RECORD_END",
+    "RECORD_START",
     "OffHostService",
     "OwnerStore",
     "default_service_name",
+    "fire_record",
 ]
 
 #: Seconds between two looks for expired leases.
@@ -81,14 +84,14 @@ _CLAIM_STALLED: Final = """
         claimed_by = $2, claim_expires_at = clock_timestamp() + make_interval(secs => $3)
     WHERE owner = $1 RETURNING fire_epoch
 """
-_RECORD_START: Final = """
+RECORD_START: Final = """
     INSERT INTO asyncstop_fires (owner, epoch, service) VALUES ($1, $2, $3) RETURNING id
 """
 _RENEW_CLAIM: Final = """
     UPDATE asyncstop_owners SET claim_expires_at = clock_timestamp() + make_interval(secs => $3)
     WHERE owner = $1 AND claimed_by = $2 RETURNING 1
 """
-_RECORD_END: Final = """
+RECORD_END: Final = """
     UPDATE asyncstop_fires SET finished_at = clock_timestamp(), record = $2::jsonb WHERE id = $1
 """
 _UNCLAIM: Final = """
@@ -245,7 +248,7 @@ class OffHostService:
                 return None
             claim_sql = _CLAIM_EXPIRED if row["expired"] else _CLAIM_STALLED
             fire_epoch = await conn.fetchval(claim_sql, row["owner"], self.name, self.claim_ttl)
-            fire_id = await conn.fetchval(_RECORD_START, row["owner"], fire_epoch, self.name)
+            fire_id = await conn.fetchval(RECORD_START, row["owner"], fire_epoch, self.name)
         how = "lease expired" if row["expired"] else "a stalled claim taken over"
         logger.warning(
             "owner %r claimed (%s): cancelling its stops of epoch %d and older",
@@ -296,7 +299,7 @@ class OffHostService:
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
-        record = _fire_record(claim, self.name, outcome, last_round)
+        record = fire_record(claim.owner, claim.fire_epoch, self.name, outcome, last_round)
         _log_fire(claim, outcome)
         try:
             await self._db.run(lambda conn: self._finish(conn, claim, record))
@@ -313,7 +316,7 @@ class OffHostService:
         self, conn: asyncpg.Connection, claim: _Claim, record: dict[str, Any]
     ) -> None:
         async with conn.transaction():
-            await conn.execute(_RECORD_END, claim.fire_id, json.dumps(record))
+            await conn.execute(RECORD_END, claim.fire_id, json.dumps(record))
             await conn.execute(_UNCLAIM, claim.owner, self.name)
 
     async def _keep_claim(self, claim: _Claim) -> None:
@@ -349,14 +352,18 @@ class OffHostService:
         logger.warning("owner %r: claim handed back for another service to go on", claim.owner)
 
 
-def _fire_record(
-    claim: _Claim, service: str, outcome: FiringOutcome, rounds: list[FiringRound]
+def fire_record(
+    owner: str, epoch: int, service: str, outcome: FiringOutcome, rounds: list[FiringRound]
 ) -> dict[str, Any]:
-    """The JSON row of one fire: counts, what may still be live, protective stops left."""
+    """The JSON row of one fire: counts, what may still be live, protective stops left.
+
+    ``epoch`` is the owner's epoch the fire was for; ``service`` who fired (a
+    service's name, or ``watchdog host:pid`` for a bot's own watchdog).
+    """
     pending = [[r.account_id, r.order_id] for r in outcome.pending]
     return {
-        "owner": claim.owner,
-        "epoch": claim.fire_epoch,
+        "owner": owner,
+        "epoch": epoch,
         "service": service,
         "ok": outcome.ok,
         "rounds": outcome.rounds,

@@ -4,9 +4,11 @@ A :class:`~asyncstop.StopOrderRegistry` file goes to the watchdog process as
 its path, and its report file sits beside it. A
 :class:`~asyncstop.PostgresRegistry` goes as its DSN and owner, over the same
 private pipe as the token (the DSN may hold a password); the watchdog opens
-connections of its own, and logs its report (there is no file to put it
-beside). Its fence is the database's for a bot that holds a lease (see
-:mod:`._guarded`), and this process's own (:func:`fence_bot_side`) otherwise.
+connections of its own, logs its report (there is no file to put it beside),
+and records a firing by itself in ``asyncstop_fires``, as the off-host service
+does, so that the bot's next lease lists it in ``lease.fires``. Its fence is
+the database's for a bot that holds a lease (see :mod:`._guarded`), and this
+process's own (:func:`fence_bot_side`) otherwise.
 """
 
 from __future__ import annotations
