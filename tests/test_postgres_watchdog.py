@@ -164,6 +164,50 @@ async def test_a_second_watchdog_on_the_same_owner_is_refused_until_the_first_di
             await third.close()
 
 
+async def _advisory_locks(dsn: str) -> int:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+    except (OSError, asyncpg.PostgresError):
+        return 0  # not back yet
+    try:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
+    finally:
+        await conn.close()
+    return int(count)
+
+
+@pytest.mark.timeout(120)
+async def test_a_watchdog_takes_its_lock_again_after_the_database_restarts(
+    exchange: FakeExchange,
+) -> None:
+    """A restart drops the owner's lock: the watchdog takes it again, and a second is refused."""
+    server = TemporaryPostgres()
+    try:
+        await asyncio.to_thread(server.start)
+        dsn = server.dsn()
+        async with (
+            await PostgresRegistry.connect(dsn, owner="bot-r") as first_handle,
+            await PostgresRegistry.connect(dsn, owner="bot-r") as second,
+            Watchdog(first_handle, **watchdog_settings(exchange)) as first,
+        ):
+            assert await _advisory_locks(dsn) == 1
+            await asyncio.to_thread(server.stop, "fast")  # ends every session, and its locks
+            await asyncio.to_thread(server.start)
+            await wait_until(lambda: _advisory_locks(dsn), timeout=30)
+            with pytest.raises(WatchdogError) as refused:
+                async with Watchdog(second, **watchdog_settings(exchange)):
+                    pytest.fail("the block must not run")
+            assert refused.value.kind == "RegistryLocked"
+            assert f"watchdog pid {first.pid} of bot pid {os.getpid()}" in str(refused.value)
+            assert first.alive
+    finally:
+        await asyncio.to_thread(server.close)
+
+
 @pytest.mark.timeout(90)
 async def test_a_stalled_bot_is_fenced_by_the_epoch_and_told(
     exchange: FakeExchange, postgres_dsn: str, postgres_server: TemporaryPostgres

@@ -157,6 +157,10 @@ class Database:
             async with self.connection() as conn:
                 return await operation(conn)
 
+    async def connect(self) -> asyncpg.Connection:
+        """A new connection outside the pool, within ``connect_timeout``: the caller closes it."""
+        return await self._connect()
+
     async def _connect(self) -> asyncpg.Connection:
         driver = import_asyncpg()
         try:

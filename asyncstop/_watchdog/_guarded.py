@@ -35,6 +35,8 @@ from ._lock import RegistryLock, lock_owner
 from ._protocol import RegistryFile, RegistryOwner
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from .._postgres._db import Database
     from .._postgres._registry import PostgresRegistry
     from .._registry import StopOrderRegistry
@@ -43,6 +45,8 @@ __all__ = ["Guarded", "GuardedFile", "GuardedOwner", "open_guarded"]
 
 #: Connections of a PostgreSQL watchdog: one holds the lock, the others fire.
 _CONNECTIONS: Final = 3
+#: Seconds between two looks at the connection that holds the owner's lock.
+LOCK_CHECK_EVERY: Final = 2.0
 
 _FENCE: Final = """
     UPDATE asyncstop_owners SET epoch = epoch + 1 WHERE owner = $1
@@ -161,6 +165,9 @@ class GuardedOwner:
         #: The row of this watchdog's fire in asyncstop_fires, once written.
         self._fire_id: int | None = None
         self._fire_name = ""
+        #: The connection holding the owner's lock (the pool's first, or a later one).
+        self._lock_conn: asyncpg.Connection | None = None
+        self._pool_lock_conn: asyncpg.Connection | None = None
 
     async def open(self, resources: contextlib.AsyncExitStack, *, bot_pid: int) -> None:
         from .._postgres._db import Database  # noqa: PLC0415 - the process only
@@ -175,6 +182,81 @@ class GuardedOwner:
             # Held until the process exits: the server then releases the lock.
             conn = await resources.enter_async_context(db.connection())
             await lock_owner(conn, owner, bot_pid=bot_pid)
+        self._lock_conn = self._pool_lock_conn = conn
+        keeper = asyncio.get_running_loop().create_task(self._keep_lock(bot_pid))
+        resources.push_async_callback(self._stop_keeping, keeper)
+
+    async def _keep_lock(self, bot_pid: int) -> None:
+        """Take the owner's lock again when its connection ends (a restart, a cut).
+
+        The server releases an advisory lock with its session: without this, a
+        database restart would leave the owner guarded by nobody's lock, and a
+        second watchdog of the same owner would be let in.
+        """
+        from .._errors import WatchdogError  # noqa: PLC0415
+        from .._postgres._db import db_errors  # noqa: PLC0415
+
+        lost = False
+        refusal = ""
+        while True:
+            await asyncio.sleep(LOCK_CHECK_EVERY)
+            if not lost and await self._lock_alive():
+                continue
+            if not lost:
+                lost = True
+                logger.error(
+                    "watchdog lost its lock on %s: its connection to the database ended (a "
+                    "restart, a cut); until it takes the lock again, a second watchdog of this "
+                    "owner is not refused",
+                    self.name,
+                )
+            try:
+                conn = await self.db.connect()
+            except db_errors():
+                continue  # the server is not back yet
+            try:
+                async with asyncio.timeout(self.db.command_timeout):
+                    await lock_owner(conn, self._source.owner, bot_pid=bot_pid)
+            except WatchdogError as err:
+                conn.terminate()
+                if str(err) != refusal:
+                    refusal = str(err)
+                    logger.error("watchdog could not take its lock on %s again: %s", self.name, err)
+                continue
+            except asyncio.CancelledError:
+                conn.terminate()
+                raise
+            except db_errors():
+                conn.terminate()
+                continue  # the server went again: next time
+            old, self._lock_conn = self._lock_conn, conn
+            if old is not None and old is not self._pool_lock_conn:
+                old.terminate()
+            lost, refusal = False, ""
+            logger.warning("watchdog took its lock on %s again", self.name)
+
+    async def _lock_alive(self) -> bool:
+        """False once the lock's connection has ended; a slow answer is not an end."""
+        from .._postgres._db import db_errors, import_asyncpg  # noqa: PLC0415
+
+        conn = self._lock_conn
+        if conn is None or conn.is_closed():
+            return False
+        gone: type[BaseException] = import_asyncpg().ConnectionDoesNotExistError
+        try:
+            await conn.fetchval("SELECT 1", timeout=self.db.command_timeout)
+        except (OSError, gone):
+            return False
+        except db_errors():
+            return not conn.is_closed()
+        return True
+
+    async def _stop_keeping(self, keeper: asyncio.Task[None]) -> None:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        conn = self._lock_conn
+        if conn is not None and conn is not self._pool_lock_conn:
+            conn.terminate()
 
     @property
     def registry(self) -> PostgresRegistry:
