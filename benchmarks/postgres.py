@@ -24,6 +24,7 @@ missing). Measured:
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import signal
@@ -198,10 +199,10 @@ def run(settings: Settings) -> list[Figure]:
     with TemporaryPostgres(durable=True) as server:
         for number in range(settings.runs):
             dsn = server.create_database(f"bench_{os.getpid()}_{number}")
-            took = run_in_loop(None, lambda dsn=dsn: _add_latency(dsn, adds))
+            took = run_in_loop(None, functools.partial(_add_latency, dsn, adds))
             figures.add("add() under a lease", "p50", "ms", _percentile(took, 0.50) * _MS)
             figures.add("add() under a lease", "p99", "ms", _percentile(took, 0.99) * _MS)
-            rate = run_in_loop(None, lambda dsn=dsn: _renewals(dsn, seconds))
+            rate = run_in_loop(None, functools.partial(_renewals, dsn, seconds))
             figures.add(f"{OWNERS:,} owners' renewals", "renewals per second", "/s", rate)
             figures.add(
                 f"{OWNERS:,} owners' renewals",
@@ -211,7 +212,7 @@ def run(settings: Settings) -> list[Figure]:
             )
             with tempfile.TemporaryDirectory(prefix="asyncstop-bench7-") as folder:
                 death: dict[str, Any] = run_in_loop(
-                    None, lambda dsn=dsn, f=folder: _machine_death(dsn, orders, Path(f))
+                    None, functools.partial(_machine_death, dsn, orders, Path(folder))
                 )
             case = f"machine death, {orders:,} stops, ttl {DEATH_TTL:g} s"
             figures.add(case, "kill -> first DELETE", "s", death["first"])

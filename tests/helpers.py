@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import aiohttp
 
 import asyncstop
-from asyncstop.testing import FakeExchange
+from asyncstop.testing import FakeExchange, JournalEntry
 
 #: Recognisable, so that a leak is easy to find in any text.
 TOKEN = "SECRET-TOKEN-3f9a1c"
@@ -99,6 +99,15 @@ def client_tasks() -> list[asyncio.Task[object]]:
         ):
             found.append(task)
     return found
+
+
+def order_ids(entries: Iterable[JournalEntry]) -> list[str]:
+    """The order id of each journaled request, in order; each request must name one."""
+    ids: list[str] = []
+    for entry in entries:
+        assert entry.order_id is not None, entry
+        ids.append(entry.order_id)
+    return ids
 
 
 def requests_per_order(exchange: FakeExchange) -> Counter[str | None]:

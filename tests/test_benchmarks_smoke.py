@@ -38,6 +38,7 @@ from .helpers import DOC_EXAMPLE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as Picture
+    from matplotlib.lines import Line2D
 
 
 def test_reply_body_is_the_documented_example() -> None:
@@ -168,6 +169,13 @@ def _texts(picture: Picture) -> list[str]:
     return [text.get_text() for ax in picture.axes for text in ax.texts]
 
 
+def _xdata(line: Line2D) -> list[float]:
+    """A line's x coordinates as a list of floats, whatever array-like matplotlib keeps."""
+    import numpy as np
+
+    return [float(x) for x in np.asarray(line.get_xdata(), dtype=float)]
+
+
 def _panel_bars(picture: Picture, title: str) -> list[tuple[str, str]]:
     """(fill colour, hatch) of each bar of the panel whose title starts with ``title``."""
     from matplotlib.colors import to_hex
@@ -219,7 +227,7 @@ def test_picture_marks_every_target_with_pass_or_miss_and_draws_the_target() -> 
     assert "MISS (≥ 0.95)" in texts
     assert any("not cancelled" in t and t.endswith("PASS (0 in every run)") for t in texts)
     assert any("new metric" in t and t.endswith("MISS (≤ 1 ms)") for t in texts)
-    targets = [list(line.get_xdata()) for ax in picture.axes for line in ax.lines]
+    targets = [_xdata(line) for ax in picture.axes for line in ax.lines]
     assert [0.95, 0.95] in targets
 
 
@@ -317,7 +325,7 @@ def test_outage_postgres_and_hedging_panels_show_their_figures_and_verdicts() ->
         _fill("floor"),
     ]
     assert "MISS (≤ 10 %)" in _panel_texts(picture, '8. What hedge="auto" cost')
-    targets = [list(line.get_xdata()) for ax in picture.axes for line in ax.lines]
+    targets = [_xdata(line) for ax in picture.axes for line in ax.lines]
     assert {(2.0, 2.0), (6.0, 6.0), (0.8, 0.8), (10.0, 10.0), (2.0, 2.0)} <= {
         tuple(t) for t in targets
     }

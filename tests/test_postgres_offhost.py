@@ -14,6 +14,7 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ def _deletes(exchange: FakeExchange, ids: set[str]) -> list[float]:
     return sorted(e.time for e in exchange.requests("DELETE") if e.order_id in ids)
 
 
-async def _fires(dsn: str) -> list[dict[str, object]]:
+async def _fires(dsn: str) -> list[dict[str, Any]]:
     import asyncpg
 
     conn = await asyncpg.connect(dsn)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Literal
+from typing import Literal, TypedDict
 
 import aiohttp
 from hypothesis import HealthCheck, given, settings
@@ -107,6 +107,16 @@ async def test_a_client_that_ignores_pauses_is_caught() -> None:
         assert len(exchange.pause_violations) > 0
 
 
+class FaultMix(TypedDict):
+    """The random fault rates a hypothesis example gives :class:`Faults`."""
+
+    error_before: float
+    error_after: float
+    drop_before: float
+    drop_after: float
+    hang: float
+
+
 fault_mixes = st.fixed_dictionaries(
     {
         "error_before": st.floats(0, 0.4),
@@ -132,7 +142,7 @@ fault_mixes = st.fixed_dictionaries(
     hedge=st.sampled_from([None, 0.02, "auto"]),
 )
 def test_invariants_hold_for_any_fault_mix(
-    mix: dict[str, float],
+    mix: FaultMix,
     seed: int,
     max_retries: int,
     deadline: float | None,

@@ -28,6 +28,7 @@ from asyncstop.testing import FakeExchange, Faults, wait_until
 from .helpers import (
     ACCOUNT,
     TOKEN,
+    order_ids,
     process_exited,
     read_report,
     start_watchdog_bot,
@@ -98,7 +99,7 @@ async def test_sigkill_of_the_bot_cancels_every_registered_stop(
         await process_exited(watchdog_pid)
     assert not exchange.open_stop_orders()
     deletes = exchange.requests("DELETE")
-    assert sorted(e.order_id for e in deletes) == sorted(ids)
+    assert sorted(order_ids(deletes)) == sorted(ids)
     assert min(e.time for e in deletes) > killed_at  # nothing before the death
     with StopOrderRegistry.open(tmp_path / "stops.db") as reopened:
         assert len(reopened) == 0
@@ -135,7 +136,7 @@ async def test_a_stopped_bot_is_cancelled_after_the_heartbeat_timeout_and_not_be
     first_delete = min(e.time for e in exchange.requests("DELETE"))
     assert first_delete >= last_heartbeat + TIMEOUT
     assert not exchange.open_stop_orders()
-    assert sorted(e.order_id for e in exchange.requests("DELETE")) == sorted(ids)
+    assert sorted(order_ids(exchange.requests("DELETE"))) == sorted(ids)
 
 
 # -- the bot in this process -------------------------------------------------------------------
@@ -368,7 +369,7 @@ async def test_the_watchdog_outlives_a_sigterm_sent_to_it_and_the_bot(
     bot.kill()
     async with asyncio.timeout(30):
         await process_exited(watchdog_pid)
-    assert sorted(e.order_id for e in exchange.requests("DELETE")) == sorted(ids)
+    assert sorted(order_ids(exchange.requests("DELETE"))) == sorted(ids)
     assert not exchange.open_stop_orders()
     assert _summary(tmp_path / "stops.db.watchdog.jsonl")["reason"] == "bot_died"
 

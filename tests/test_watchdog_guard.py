@@ -312,12 +312,12 @@ def test_the_report_file_has_utc_times_and_rotates_once(tmp_path: Path) -> None:
 
 def test_watchdog_settings_are_checked_once_at_construction(registry: StopOrderRegistry) -> None:
     """Bad give_up_after or token_command are refused when the Watchdog is built."""
-    base = {"base_url": "http://127.0.0.1:1", "token": TOKEN}
+    url = "http://127.0.0.1:1"
     with pytest.raises(asyncstop.InvalidInputError, match="give_up_after"):
-        Watchdog(registry, give_up_after=0, **base)
+        Watchdog(registry, base_url=url, token=TOKEN, give_up_after=0)
     with pytest.raises(asyncstop.InvalidInputError, match="token command"):
-        Watchdog(registry, token_command="vault read secret", **base)  # type: ignore[arg-type]
-    watchdog = Watchdog(registry, **base)
+        Watchdog(registry, base_url=url, token=TOKEN, token_command="vault read secret")
+    watchdog = Watchdog(registry, base_url=url, token=TOKEN)
     assert watchdog.settings.heartbeat_timeout == 10.0
     assert watchdog.settings.give_up_after == 3600.0
 
@@ -347,6 +347,7 @@ async def test_restart_takes_over_from_a_watchdog_still_firing_in_an_outage(
     assert report.ok
     assert not exchange.open_stop_orders()
     assert len(registry) == 0
+    assert watchdog.report_path is not None  # a StopOrderRegistry's watchdog writes a report
     assert read_report(watchdog.report_path)[-1]["event"] == "taken_over"
 
 
