@@ -121,6 +121,7 @@ class OrderCancel:
         "account",
         "attempts",
         "auth_refreshed",
+        "confirming",
         "deadline",
         "last_error",
         "limiter",
@@ -162,6 +163,8 @@ class OrderCancel:
         self.sent_at = 0.0
         #: Resolved with ``sent_at`` when the next request reaches the wire (hedging).
         self.sent_waiter: asyncio.Future[float] | None = None
+        #: A 404 is being confirmed by a second request.
+        self.confirming = False
 
     def request_sent(self) -> None:
         """The transport's signal: a request of this order reached the wire."""
@@ -258,10 +261,18 @@ class Canceller:
         headers = account.headers_for(self.auth)
         generation = account.token_generation
         sent_before = call.attempts
+        # This request's own answer came on a reused keep-alive connection (a hedge
+        # of the same order has its own): only such an answer can be a stray one.
+        reused = False
+
+        def answered(on_reused: bool) -> None:
+            nonlocal reused
+            reused = on_reused
+
         account.active += 1
         try:
             order = await self.transport.delete_stop_order(
-                call.order_id, headers, limits, call.request_sent
+                call.order_id, headers, limits, call.request_sent, answered
             )
         except APIError as err:
             account.released()
@@ -273,6 +284,8 @@ class Canceller:
                 err.after_unknown_attempt = call.unknown_seen
                 account.succeeded()
                 self._time(call, sent_before, answered=True)
+                if reused and not call.confirming:
+                    return await self._confirm_not_found(call, err, loop)
             elif isinstance(err, RateLimitError):
                 self._pause(account, err, loop)
             elif (
@@ -293,6 +306,37 @@ class Canceller:
         reply_times = self.reply_times
         if reply_times is not None and call.attempts == sent_before + 1:
             reply_times.append(time.monotonic() - call.sent_at)
+        return order
+
+    async def _confirm_not_found(
+        self, call: OrderCancel, first: OrderNotFoundError, loop: asyncio.AbstractEventLoop
+    ) -> StopOrder:
+        """A 404 read on a reused keep-alive connection: ask once more before believing it.
+
+        A 404 names no order, so a stray answer left on a connection (a broken
+        proxy's, written after the next request went out) passes for any
+        order's. A second 404 confirms it; a cancel proves the first answer was
+        not this order's; any other answer leaves the outcome to the retry
+        policy. With no time left for a second request, the first 404 stands.
+        """
+        account = call.account
+        call.confirming = True
+        try:
+            if account.paused_until or account.window or call.limiter is not None:
+                try:
+                    await self._wait_for_turn(call, loop)
+                except DeadlinePassed:
+                    raise first from None
+            if not call.deadline.allows():
+                raise first
+            order = await self._attempt_now(call, loop)
+        finally:
+            call.confirming = False
+        logger.warning(
+            "order %s: a 404 read on a reused keep-alive connection was not this order's "
+            "answer (a second request cancelled it): a stray answer on that connection?",
+            call.order_id,
+        )
         return order
 
     def _time(self, call: OrderCancel, sent_before: int, *, answered: bool) -> None:

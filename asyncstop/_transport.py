@@ -138,6 +138,8 @@ class Transport:
         )
         trace = aiohttp.TraceConfig()
         trace.on_request_headers_sent.append(_mark_sent)
+        trace.on_connection_reuseconn.append(_mark_reused)
+        trace.on_connection_create_end.append(_mark_fresh)
         session = aiohttp.ClientSession(
             connector=connector,
             timeout=self.default_limits,
@@ -176,18 +178,22 @@ class Transport:
         headers: dict[str, str],
         limits: aiohttp.ClientTimeout,
         on_sent: Callable[[], object] | None = None,
+        on_answer: Callable[[bool], object] | None = None,
     ) -> StopOrder:
         """Send one Cancel Stop order request; return the order or raise an ``APIError``.
 
         ``on_sent()`` is called the moment the request reaches the wire (its
         headers are sent), so that a caller interrupted mid-request still knows
-        whether the exchange may have seen it. Only this order's own reply is a
-        success: any other 2xx raises ``ResponseValidationError`` and the
-        connection it came on is closed, since a stray reply on it would be
-        read as the next request's answer.
+        whether the exchange may have seen it. ``on_answer(reused)`` is called
+        when an answer arrives, with True if it came on a keep-alive connection
+        used before (or on a caller's session, where that is not known): only
+        such an answer can be a stray one meant for an earlier request. Only
+        this order's own reply is a success: any other 2xx raises
+        ``ResponseValidationError`` and the connection it came on is closed,
+        since a stray reply on it would be read as the next request's answer.
         """
         url = self._url_root.with_path(self._url_path + order_id, encoded=True)
-        sent = SimpleNamespace(sent=False, on_sent=on_sent)
+        sent = SimpleNamespace(sent=False, on_sent=on_sent, reused=not self.owns_session)
         session = self._require_session()
         try:
             async with session.request(
@@ -200,6 +206,8 @@ class Transport:
             ) as resp:
                 if not self.owns_session:
                     _mark(sent)
+                if on_answer is not None:
+                    on_answer(sent.reused)
                 body, complete = await self._read_body(
                     resp, self.max_body_size, f"for order {order_id}", order_id
                 )
@@ -226,7 +234,7 @@ class Transport:
     async def get_accounts(self, authorization: str) -> list[TradingAccount]:
         """``GET /frontoffice/api/v3/accounts``: the accounts the token may use."""
         what = "the accounts list"
-        sent = SimpleNamespace(sent=False, on_sent=None)
+        sent = SimpleNamespace(sent=False, on_sent=None, reused=not self.owns_session)
         session = self._require_session()
         try:
             async with session.get(
@@ -335,6 +343,22 @@ async def _mark_sent(
 ) -> None:
     """aiohttp's signal that the request headers went out: the request reached the wire."""
     _mark(context.trace_request_ctx)
+
+
+async def _mark_reused(
+    _session: aiohttp.ClientSession, context: SimpleNamespace, _params: object
+) -> None:
+    """aiohttp's signal that the request takes a pooled keep-alive connection."""
+    if context.trace_request_ctx is not None:
+        context.trace_request_ctx.reused = True
+
+
+async def _mark_fresh(
+    _session: aiohttp.ClientSession, context: SimpleNamespace, _params: object
+) -> None:
+    """aiohttp's signal that the request opened a new connection (after any set aside)."""
+    if context.trace_request_ctx is not None:
+        context.trace_request_ctx.reused = False
 
 
 def _mark(request: SimpleNamespace | None) -> None:

@@ -64,9 +64,10 @@ async def test_outcomes_for_each_kind_of_answer(
     assert outcome[bad].outcome is CancelOutcome.FAILED
     assert isinstance(outcome[bad].error, asyncstop.BadRequestError)
     assert outcome[forbidden].outcome is CancelOutcome.FAILED
-    # 503 before, then 500 after applying: the retry meets 404 -> already gone.
+    # 503 before, then 500 after applying: the retry meets 404 -> already gone (a 404 on
+    # a reused connection is asked twice: tests/test_evidence.py pins that down).
     assert outcome[flaky].outcome is CancelOutcome.ALREADY_GONE
-    assert outcome[flaky].attempts == 3
+    assert outcome[flaky].attempts == requests_per_order(exchange)[flaky] >= 3
     assert outcome[broken].outcome is CancelOutcome.UNKNOWN
     assert outcome[broken].attempts == 3
     assert isinstance(outcome[broken].error, asyncstop.ServerError)

@@ -11,7 +11,7 @@ import asyncstop
 from asyncstop import CancelOutcome
 from asyncstop.testing import FakeExchange, Fault, wait_until
 
-from .helpers import ACCOUNT, TOKEN, ClientFactory
+from .helpers import ACCOUNT, TOKEN, ClientFactory, requests_per_order
 
 HTML = b"<!doctype html><html><body>Welcome to the hotel Wi-Fi</body></html>"
 
@@ -219,6 +219,45 @@ async def test_a_stale_404_written_on_an_idle_connection_is_not_taken_for_the_ne
     assert result.outcome is CancelOutcome.UNKNOWN  # not NOT_FOUND: that would be a false all-clear
     assert second in exchange.open_stop_orders()
     assert "held data nobody asked for" in caplog.text
+
+
+@pytest.mark.parametrize("own_answer", [503, 200])
+async def test_a_stray_404_read_after_the_next_request_went_out_is_not_believed(
+    exchange: FakeExchange, make_client: ClientFactory, own_answer: int
+) -> None:
+    """A stray 404 that lands as the next order's answer: that order is gone only if it is."""
+    first, second = exchange.add_stop_orders(2, account_id=ACCOUNT)
+    exchange.inject_for(first, Fault.stale_reply(status=404))  # written as the next one arrives
+    if own_answer == 503:
+        exchange.inject_for(second, Fault.error(503))
+    client = await make_client(max_concurrency=1, max_retries=0)
+    assert (await client.cancel_stop_orders([first])).ok
+    report = await client.cancel_stop_orders([second])
+    assert exchange.stale_replies_sent == 1
+    (result,) = report.results
+    # The 404 came on a reused connection, so a second request went. It read the
+    # first one's own answer (one answer late), or, if that answer had already
+    # closed the connection, its own on a new one. Either way it is the truth.
+    assert result.attempts == 2 == requests_per_order(exchange)[second]
+    live = second in exchange.open_stop_orders()
+    assert result.ok is not live
+    if live:
+        assert result.outcome is CancelOutcome.UNKNOWN  # without the second request: not_found
+
+
+async def test_a_404_is_asked_twice_only_on_a_reused_connection(
+    exchange: FakeExchange, make_client: ClientFactory
+) -> None:
+    """A 404 on a new connection is believed at once; on a reused one, after a second 404."""
+    (live,) = exchange.add_stop_orders(1, account_id=ACCOUNT)
+    client = await make_client(max_concurrency=1)
+    report = await client.cancel_stop_orders(["01K2MNGAWPMQJ7WGATFSCAS1G4"])  # a new connection
+    assert (report.results[0].outcome, report.results[0].attempts) == (CancelOutcome.NOT_FOUND, 1)
+    assert (await client.cancel_stop_orders([live])).ok
+    report = await client.cancel_stop_orders(["01K2MNGAWPMQJ7WGATFSCAS1G5"])  # reused
+    (result,) = report.results
+    assert (result.outcome, result.attempts) == (CancelOutcome.NOT_FOUND, 2)
+    assert requests_per_order(exchange)["01K2MNGAWPMQJ7WGATFSCAS1G5"] == 2
 
 
 async def test_an_endless_body_is_cut_at_the_limit(
