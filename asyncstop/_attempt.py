@@ -247,8 +247,10 @@ class Canceller:
             if semaphore is not None:
                 semaphore.release()
 
-    async def _attempt_now(self, call: OrderCancel, loop: asyncio.AbstractEventLoop) -> StopOrder:
-        """Send one request for ``call`` now that it may go."""
+    async def _attempt_now(
+        self, call: OrderCancel, loop: asyncio.AbstractEventLoop, *, fresh: bool = False
+    ) -> StopOrder:
+        """Send one request for ``call`` now that it may go (``fresh``: on a new connection)."""
         account = call.account
         deadline = call.deadline
         if not deadline.allows():
@@ -272,7 +274,7 @@ class Canceller:
         account.active += 1
         try:
             order = await self.transport.delete_stop_order(
-                call.order_id, headers, limits, call.request_sent, answered
+                call.order_id, headers, limits, call.request_sent, answered, fresh=fresh
             )
         except APIError as err:
             account.released()
@@ -295,7 +297,7 @@ class Canceller:
             ):
                 call.auth_refreshed = True
                 await self.auth.refresh(generation, limit=limits.total)
-                return await self._attempt_now(call, loop)
+                return await self._attempt_now(call, loop, fresh=fresh)
             raise
         except BaseException:
             account.released()
@@ -315,9 +317,12 @@ class Canceller:
 
         A 404 names no order, so a stray answer left on a connection (a broken
         proxy's, written after the next request went out) passes for any
-        order's. A second 404 confirms it; a cancel proves the first answer was
-        not this order's; any other answer leaves the outcome to the retry
-        policy. With no time left for a second request, the first 404 stands.
+        order's. A second 404 confirms the first; a cancel proves the first
+        answer was not this order's; any other answer leaves the outcome to the
+        retry policy. With no time left for a second request, the first 404
+        stands. The second request takes a pooled connection, unless strays
+        have shown on this client's connections (:meth:`Transport.saw_stray`):
+        then a new one, which carries no earlier answer.
         """
         account = call.account
         call.confirming = True
@@ -329,9 +334,11 @@ class Canceller:
                     raise first from None
             if not call.deadline.allows():
                 raise first
-            order = await self._attempt_now(call, loop)
+            # Where strays have shown, on a new connection: it carries no earlier answer.
+            order = await self._attempt_now(call, loop, fresh=self.transport.stray_seen)
         finally:
             call.confirming = False
+        self.transport.saw_stray()
         logger.warning(
             "order %s: a 404 read on a reused keep-alive connection was not this order's "
             "answer (a second request cancelled it): a stray answer on that connection?",

@@ -23,6 +23,7 @@ import msgspec
 
 __all__ = [
     "OrderStatus",
+    "OtherOrderReply",
     "StopOrder",
     "TradingAccount",
     "UndecodableReply",
@@ -103,6 +104,10 @@ class UndecodableReply(Exception):
     """Raised for a body that is not the reply expected (no evidence of what was asked)."""
 
 
+class OtherOrderReply(UndecodableReply):
+    """A well-formed reply about another order: an answer meant for another request."""
+
+
 def decode_stop_order(body: bytes, requested_order_id: str) -> StopOrder:
     """Decode a 2xx reply; raise :class:`UndecodableReply` unless it is this order's reply."""
     try:
@@ -112,7 +117,7 @@ def decode_stop_order(body: bytes, requested_order_id: str) -> StopOrder:
     except msgspec.DecodeError as err:
         raise UndecodableReply(f"not JSON ({err})") from None
     if order.order_id != requested_order_id:
-        raise UndecodableReply(f"the reply is for order {order.order_id!r}")
+        raise OtherOrderReply(f"the reply is for order {order.order_id!r}")
     return order
 
 

@@ -42,6 +42,7 @@ from ._errors import (
 )
 from ._logging import logger
 from ._models import (
+    OtherOrderReply,
     StopOrder,
     TradingAccount,
     UndecodableReply,
@@ -115,6 +116,11 @@ class Transport:
         self._url_path = self._url_root.raw_path
         self._user_session = session
         self._session: aiohttp.ClientSession | None = None
+        #: The session of confirmations on new connections (see _fresh_session).
+        self._fresh: aiohttp.ClientSession | None = None
+        #: A stray answer has shown on this client's connections (see saw_stray).
+        self.stray_seen = False
+        self._shared_resolver: AbstractResolver | None = None
 
     @property
     def owns_session(self) -> bool:
@@ -131,11 +137,35 @@ class Transport:
         if self._user_session is not None:
             self._session = self._user_session
             return
+        self._shared_resolver = self._resolver or DaemonThreadResolver()
         connector = _CleanConnector(
             limit=self.max_connections,
             limit_per_host=self.max_connections,
-            resolver=self._resolver or DaemonThreadResolver(),
+            resolver=self._shared_resolver,
         )
+        connector.on_stray = self.saw_stray
+        self._session = self._new_session(connector)
+
+    def saw_stray(self) -> None:
+        """A stray answer showed on a keep-alive connection: confirm 404s on new ones from now.
+
+        A 404 read on a reused connection is confirmed by a second request
+        (see :class:`~._attempt.Canceller`). On a pooled connection that costs
+        one request; but where the path to the exchange writes stray answers,
+        the second one may read a stray too. So once one has shown (a pooled
+        connection set aside, a reply about another order, a 404 a second
+        request overruled), confirmations go on new connections, closed after
+        them: a connection's set-up each, and certain.
+        """
+        if not self.stray_seen:
+            self.stray_seen = True
+            logger.warning(
+                "a stray answer showed on a keep-alive connection to %s: from now on a 404 "
+                "read on a reused connection is confirmed on a new one",
+                self.base_url,
+            )
+
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
         trace = aiohttp.TraceConfig()
         trace.on_request_headers_sent.append(_mark_sent)
         trace.on_connection_reuseconn.append(_mark_reused)
@@ -158,11 +188,34 @@ class Transport:
         # Turning it off makes every attempt exactly one request on the
         # wire, and the retry policy owns every retry.
         session._retry_connection = False
-        self._session = session
+        return session
+
+    def _fresh_session(self) -> aiohttp.ClientSession:
+        """A session whose every request opens a connection of its own and closes it.
+
+        A 404 read on a reused connection may be a stray answer left there; it
+        is confirmed on a new connection, which carries no earlier answer.
+        Created on first use, with its own bound on connections.
+        """
+        self._require_session()
+        session = self._fresh
+        if session is None:
+            session = self._fresh = self._new_session(
+                aiohttp.TCPConnector(
+                    force_close=True,
+                    limit=self.max_connections,
+                    limit_per_host=self.max_connections,
+                    resolver=self._shared_resolver,
+                )
+            )
+        return session
 
     async def close(self) -> None:
         """Close the pool if asyncstop created it; a caller's session is left open."""
         session, self._session = self._session, None
+        fresh, self._fresh = self._fresh, None
+        if fresh is not None:
+            await fresh.close()
         if session is not None and session is not self._user_session:
             await session.close()
 
@@ -179,6 +232,8 @@ class Transport:
         limits: aiohttp.ClientTimeout,
         on_sent: Callable[[], object] | None = None,
         on_answer: Callable[[bool], object] | None = None,
+        *,
+        fresh: bool = False,
     ) -> StopOrder:
         """Send one Cancel Stop order request; return the order or raise an ``APIError``.
 
@@ -187,14 +242,15 @@ class Transport:
         whether the exchange may have seen it. ``on_answer(reused)`` is called
         when an answer arrives, with True if it came on a keep-alive connection
         used before (or on a caller's session, where that is not known): only
-        such an answer can be a stray one meant for an earlier request. Only
+        such an answer can be a stray one meant for an earlier request. ``fresh``
+        sends it on a new connection, closed after it (on asyncstop's own pool). Only
         this order's own reply is a success: any other 2xx raises
         ``ResponseValidationError`` and the connection it came on is closed,
         since a stray reply on it would be read as the next request's answer.
         """
         url = self._url_root.with_path(self._url_path + order_id, encoded=True)
         sent = SimpleNamespace(sent=False, on_sent=on_sent, reused=not self.owns_session)
-        session = self._require_session()
+        session = self._fresh_session() if fresh and self.owns_session else self._require_session()
         try:
             async with session.request(
                 "DELETE",
@@ -222,6 +278,8 @@ class Transport:
                     return decode_stop_order(body, order_id)
                 except UndecodableReply as err:
                     resp.close()
+                    if isinstance(err, OtherOrderReply):
+                        self.saw_stray()
                     raise _not_evidence(
                         resp, body, f"for order {order_id}", err, order_id
                     ) from None
@@ -464,8 +522,11 @@ class _CleanConnector(aiohttp.TCPConnector):
     while the order is live. So a connection with unread data (aiohttp's
     ``should_close``) is closed when taken from the pool, and another is used.
     A reply that arrives after the next request went out cannot be told from
-    that request's own; that remains.
+    that request's own: see :meth:`Transport.saw_stray`.
     """
+
+    #: Called when a connection is set aside: the path to the exchange writes strays.
+    on_stray: Callable[[], object] | None = None
 
     async def connect(
         self,
@@ -485,6 +546,8 @@ class _CleanConnector(aiohttp.TCPConnector):
                 req.port,
             )
             connection.close()
+            if self.on_stray is not None:
+                self.on_stray()
 
 
 class DaemonThreadResolver(AbstractResolver):

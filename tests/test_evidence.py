@@ -9,7 +9,7 @@ import pytest
 
 import asyncstop
 from asyncstop import CancelOutcome
-from asyncstop.testing import FakeExchange, Fault, wait_until
+from asyncstop.testing import FakeExchange, Fault, Faults, spread_faults, wait_until
 
 from .helpers import ACCOUNT, TOKEN, ClientFactory, requests_per_order
 
@@ -243,6 +243,32 @@ async def test_a_stray_404_read_after_the_next_request_went_out_is_not_believed(
     assert result.ok is not live
     if live:
         assert result.outcome is CancelOutcome.UNKNOWN  # without the second request: not_found
+
+
+async def test_a_gateway_full_of_stray_404s_never_yields_a_false_all_clear(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Strays shown early, then 120 stray 404s and 5 % 503s: no order reported gone is live."""
+    strays = [Fault.stale_reply(status=404)] * 60 + [Fault.stale_reply(status=404, idle=0.002)] * 60
+    # A stray 200 about the first order, read by that connection's next request: the
+    # client has seen a stray before the 404s begin, so it confirms them on new connections.
+    schedule = {1: Fault.stale_reply()}
+    schedule |= {n + 200: f for n, f in spread_faults(strays, within=1800, seed=11).items()}
+    faults = Faults(error_before=0.05, latency=0.002)
+    async with FakeExchange(tokens={TOKEN}, seed=11, schedule=schedule, faults=faults) as exchange:
+        ids = exchange.add_stop_orders(2000, account_id=ACCOUNT)
+        async with asyncstop.AsyncStopClient(
+            base_url=exchange.base_url, token=TOKEN, account_id=ACCOUNT, max_retries=0
+        ) as client:
+            report = await client.cancel_stop_orders(ids, concurrency=32)
+        assert exchange.stale_replies_sent > 60
+        assert "from now on a 404 read on a reused connection is confirmed" in caplog.text
+        live = exchange.open_stop_orders(ACCOUNT)
+        assert [r.order_id for r in report.results if r.ok and r.order_id in live] == []
+        # Never fewer attempts than the exchange handled. (More is possible here: a
+        # request sent on a connection the client then closed for its stray answer.)
+        seen = requests_per_order(exchange)
+        assert all(r.attempts >= seen[r.order_id] for r in report.results)
 
 
 async def test_a_404_is_asked_twice_only_on_a_reused_connection(
