@@ -15,7 +15,8 @@ The layers, each importing only those below it (``tests/test_layers.py``)::
     _bulk, _hedge                  lanes, jobs, settling into a report; backup requests
     _attempt                       one order across its attempts, one Deadline rule
     _transport, _account, _auth,   one request -> StopOrder or APIError; 429 pause,
-    _retry, _signals               slow start, pacing; the token; when to retry; signals
+    _retry, _signals, _pool        slow start, pacing; the token; when to retry; signals;
+                                   the pool's connector and DNS resolver
     _report, _models, _errors,     outcomes and reports; wire types; the error tree;
     _validation, _logging,         every input rule; the logger; named defaults
     _constants
@@ -56,10 +57,11 @@ from ._errors import (
 )
 from ._killswitch import KillSwitch, OrderSource
 from ._models import OrderStatus, StopOrder, TradingAccount
+from ._pool import DaemonThreadResolver
 from ._postgres import PostgresRegistry
 from ._registry import StopOrderRegistry
 from ._report import CancelOutcome, CancelReport, CancelResult, OrderItem
-from ._transport import DaemonThreadResolver, Timeout
+from ._transport import Timeout
 from ._watchdog import Watchdog, WatchdogFired
 
 __version__ = "0.3.0"

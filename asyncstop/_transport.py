@@ -10,17 +10,14 @@ tells whether each request reached the wire.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from ._constants import (
@@ -49,14 +46,11 @@ from ._models import (
     decode_accounts,
     decode_stop_order,
 )
+from ._pool import CleanConnector, DaemonThreadResolver
 from ._retry import parse_retry_after
 from ._validation import check_count, check_seconds
 
-if TYPE_CHECKING:
-    from aiohttp.connector import Connection
-    from aiohttp.tracing import Trace
-
-__all__ = ["DaemonThreadResolver", "Timeout", "Transport"]
+__all__ = ["Timeout", "Transport"]
 
 #: Encodings the transport decompresses itself, with a bound on the output.
 _ZLIB_WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 47}
@@ -138,7 +132,7 @@ class Transport:
             self._session = self._user_session
             return
         self._shared_resolver = self._resolver or DaemonThreadResolver()
-        connector = _CleanConnector(
+        connector = CleanConnector(
             limit=self.max_connections,
             limit_per_host=self.max_connections,
             resolver=self._shared_resolver,
@@ -509,100 +503,3 @@ def _error_for(
     if isinstance(err, RateLimitError):
         err.retry_after = parse_retry_after(resp.headers.get("Retry-After"))
     return err
-
-
-class _CleanConnector(aiohttp.TCPConnector):
-    """A pool that never hands out a connection holding a reply nobody asked for.
-
-    aiohttp parses whatever arrives on a pooled, idle connection and queues it
-    as the next response on that connection: a broken proxy or gateway that
-    writes a second answer while the connection sits in the pool would have the
-    next request read it as its own. For a 2xx the order id in the body exposes
-    it; a 404 carries no id, and would be read as "this order does not exist"
-    while the order is live. So a connection with unread data (aiohttp's
-    ``should_close``) is closed when taken from the pool, and another is used.
-    A reply that arrives after the next request went out cannot be told from
-    that request's own: see :meth:`Transport.saw_stray`.
-    """
-
-    #: Called when a connection is set aside: the path to the exchange writes strays.
-    on_stray: Callable[[], object] | None = None
-
-    async def connect(
-        self,
-        req: aiohttp.ClientRequest,
-        traces: list[Trace],
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature, overridden
-    ) -> Connection:
-        while True:
-            connection = await super().connect(req, traces, timeout)
-            protocol = connection.protocol
-            if protocol is None or not protocol.should_close:
-                return connection
-            logger.warning(
-                "a pooled connection to %s:%s held data nobody asked for (a broken proxy or "
-                "gateway?): closed, and not used",
-                req.host,
-                req.port,
-            )
-            connection.close()
-            if self.on_stray is not None:
-                self.on_stray()
-
-
-class DaemonThreadResolver(AbstractResolver):
-    """Resolves host names with ``getaddrinfo`` in a daemon thread per lookup.
-
-    aiohttp's default resolver runs ``getaddrinfo`` in the loop's default
-    executor: a lookup that hangs (a dead nameserver) outlives the attempt's
-    timeout there, and ``asyncio.run`` then waits for it at exit, keeping a
-    kill switch's process alive long after its deadline. A daemon thread is
-    abandoned instead: the awaiting request still ends at its timeout, and
-    the process can exit. Lookups are rare (aiohttp caches them, and an IP
-    address needs none), so a thread per lookup costs nothing that matters.
-    """
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Resolve ``host`` for a TCP connection to ``port``."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-
-        def settle(result: list[Any] | None, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result or [])
-
-        def lookup() -> None:
-            try:
-                infos = socket.getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM, family=family, flags=socket.AI_ADDRCONFIG
-                )
-            except OSError as err:
-                outcome: tuple[list[Any] | None, BaseException | None] = (None, err)
-            else:
-                outcome = (infos, None)
-            # A closed loop raises RuntimeError: nobody is waiting for this lookup any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, *outcome)
-
-        threading.Thread(target=lookup, name="asyncstop-dns", daemon=True).start()
-        infos = await future
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address[0],
-                port=address[1],
-                family=info_family,
-                proto=proto,
-                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-            )
-            for info_family, _type, proto, _name, address in infos
-        ]
-
-    async def close(self) -> None:
-        """Nothing to close: each lookup's thread ends on its own."""

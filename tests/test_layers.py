@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
     {"_constants"},
     {"_errors"},
     {"_logging", "_validation", "_models", "_argtypes"},
-    {"_report", "_retry", "_auth", "_signals"},
+    {"_report", "_retry", "_auth", "_signals", "_pool"},
     {"_account", "_transport"},
     {"_attempt"},
     {"_hedge"},
