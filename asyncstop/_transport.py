@@ -149,7 +149,7 @@ class Transport:
         the second one may read a stray too. So once one has shown (a pooled
         connection set aside, a reply about another order, a 404 a second
         request overruled), confirmations go on new connections, closed after
-        them: a connection's set-up each, and certain.
+        them: a connection's set-up each, and no earlier answer on them.
         """
         if not self.stray_seen:
             self.stray_seen = True
@@ -187,9 +187,9 @@ class Transport:
     def _fresh_session(self) -> aiohttp.ClientSession:
         """A session whose every request opens a connection of its own and closes it.
 
-        A 404 read on a reused connection may be a stray answer left there; it
-        is confirmed on a new connection, which carries no earlier answer.
-        Created on first use, with its own bound on connections.
+        Once strays have shown (:meth:`saw_stray`), a 404 read on a reused
+        connection is confirmed here, on a new connection, which carries no
+        earlier answer. Created on first use, with its own bound on connections.
         """
         self._require_session()
         session = self._fresh
